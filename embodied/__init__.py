@@ -1,0 +1,3 @@
+"""embodied: RL fine-tuning of robot policies."""
+
+__version__ = "0.1.0"

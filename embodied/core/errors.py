@@ -1,0 +1,13 @@
+"""Errors that name the problem and the fix."""
+
+
+class EmbodiedError(Exception):
+    """Base class: the message says what is wrong and how to fix it."""
+
+
+class ConfigError(EmbodiedError, ValueError):
+    """A configuration value is invalid."""
+
+
+class DatasetError(EmbodiedError):
+    """A dataset is missing, corrupt, or does not match what the caller expects."""

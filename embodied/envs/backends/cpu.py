@@ -1,0 +1,74 @@
+"""The CPU default: many MjData stepped together by MuJoCo's own threaded batch.
+
+Fields are exposed as torch tensors that are live, zero-copy views of the batch's arrays,
+so a task reads `sim.qpos` or `sim.field("site_xpos")` with no Python loop over envs.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import mujoco
+import numpy as np
+import torch
+from mujoco import batch as mjbatch
+
+
+class CpuBatchBackend:
+    """`num_envs` simulations of one MjModel on `nthread` threads (0: all cores)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, model: mujoco.MjModel, num_envs: int, nthread: int = 0) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.model = model
+        self.num_envs = num_envs
+        self.nthread = nthread or os.cpu_count() or 1
+        self._batch = mjbatch.Batch(model, num_envs, nthread=self.nthread, persistent=True)
+        self._views: dict[str, torch.Tensor] = {}
+
+    def field(self, name: str) -> torch.Tensor:
+        """Live (num_envs, ...) tensor over an MjData field (float64 for mjtNum fields).
+
+        State fields (qpos, qvel, ctrl, act, mocap_pos, ...) are writable views; derived
+        fields (xpos, site_xpos, sensordata, cfrc_ext, ...) are refreshed in place after
+        every step/forward/reset call and must be treated as read-only.
+        """
+        view = self._views.get(name)
+        if view is None:
+            array = self._batch.bind(name)
+            with warnings.catch_warnings():
+                # Derived fields are read-only numpy arrays; torch warns about aliasing them.
+                warnings.simplefilter("ignore", UserWarning)
+                view = torch.from_numpy(array)
+            self._views[name] = view
+        return view
+
+    def step(self, nstep: int, stage: int = int(mujoco.mjtStage.mjSTAGE_NONE)) -> None:
+        self._batch.step(nstep=nstep, stage=stage)
+        self._raise_on_error()
+
+    def reset(self, ids: np.ndarray) -> None:
+        """Reset `ids` to the model defaults without computing anything (write state next)."""
+        self._batch.reset(ids=ids, stage=int(mujoco.mjtStage.mjSTAGE_NONE))
+
+    def forward(self, ids: np.ndarray | None = None) -> None:
+        self._batch.forward(ids=ids)
+        self._raise_on_error()
+
+    def get_data(self, env: int, data: mujoco.MjData | None = None) -> mujoco.MjData:
+        """One env's MjData copied into `data` (or a new one), e.g. to render it."""
+        return self._batch.get_data(env, data)
+
+    def get_model(self, env: int) -> mujoco.MjModel:
+        return self._batch.get_model(env)
+
+    def _raise_on_error(self) -> None:
+        status = getattr(self._batch, "status", None)
+        if status is None:
+            return
+        bad = np.flatnonzero(np.asarray(status))
+        if bad.size:
+            raise RuntimeError(f"MuJoCo failed in env {bad[0]}: {self._batch.error(int(bad[0]))}")
