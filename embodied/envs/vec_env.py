@@ -30,6 +30,8 @@ Obs = dict[str, torch.Tensor]
 class MujocoVecEnv:
     """A Task run on a batched backend, with the VecEnv interface."""
 
+    render_mode = "rgb_array"  # render() returns frames
+
     def __init__(
         self,
         task: Task,
@@ -69,12 +71,21 @@ class MujocoVecEnv:
         self.obs_dim = int(self._state_obs_dim())
 
     # --- the seam -----------------------------------------------------------------------
-    def reset(self, seed: int | None = None) -> Obs:
+    def reset(self, seed: int | None = None, env_ids: torch.Tensor | None = None) -> Obs:
+        """Reset all envs, or only `env_ids` (the others keep their state).
+
+        `seed` reseeds the env's generator; without it the first reset seeds from entropy
+        and later ones continue the generator's stream.
+        """
         if seed is not None:
             self._generator.manual_seed(int(seed))
         elif self._needs_reset:
             self._generator.seed()
-        self._reset_envs(torch.arange(self.num_envs, device=self.device))
+        if env_ids is None:
+            env_ids = torch.arange(self.num_envs, device=self.device)
+        elif self._needs_reset:
+            raise RuntimeError("reset all envs once (env_ids=None) before a partial reset")
+        self._reset_envs(torch.as_tensor(env_ids, device=self.device).reshape(-1))
         self._needs_reset = False
         return self._observe()
 
@@ -162,7 +173,7 @@ class MujocoVecEnv:
     def _render_env(self, env: int, camera: Any, size: tuple[int, int]) -> np.ndarray:
         renderer = self._renderers.get(size)
         if renderer is None:
-            renderer = mujoco.Renderer(self.model, height=size[0], width=size[1])
+            renderer = _make_renderer(self.model, size)
             self._renderers[size] = renderer
         if self._scratch is None:
             self._scratch = mujoco.MjData(self.model)
@@ -170,6 +181,17 @@ class MujocoVecEnv:
         mujoco.mj_forward(self.model, data)
         renderer.update_scene(data, camera=camera)
         return renderer.render().copy()
+
+
+def _make_renderer(model: mujoco.MjModel, size: tuple[int, int]) -> mujoco.Renderer:
+    try:
+        return mujoco.Renderer(model, height=size[0], width=size[1])
+    except mujoco.FatalError as e:
+        raise RuntimeError(
+            f"MuJoCo could not open an OpenGL context ({e}). Without a display, set "
+            "MUJOCO_GL=egl (or MUJOCO_GL=osmesa with PYOPENGL_PLATFORM=osmesa) in the "
+            "environment before Python starts; the `embodied` command does this for you."
+        ) from e
 
 
 def make_env(task: str, num_envs: int = 1, **kwargs: Any) -> MujocoVecEnv:
