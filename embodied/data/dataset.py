@@ -1,22 +1,18 @@
 """Robot episode datasets in the LeRobot v3.0 layout, read and written with pyarrow.
 
-Durability: every finished episode goes to its own data parquet file (episode ``e`` is file
-number ``e``: ``chunk-{e // chunks_size}/file-{e % chunks_size}``), written atomically; only
-then are the metadata files rewritten atomically, ``meta/info.json`` last. ``info.json`` is the
-commit point: readers trust only the episodes and tasks it counts, so killing a collection at any
-instant loses at most the episode in progress, and a data file of an uncommitted episode is
-ignored (and overwritten when the dataset is resumed).
+Durability: each finished episode ``e`` is written atomically to its own data file (file number
+``e``: chunk ``e // chunks_size``, file ``e % chunks_size``), then the metadata is rewritten
+atomically, ``meta/info.json`` last. info.json is the commit point: readers trust only the
+episodes/tasks it counts, so a kill loses at most the episode in progress; data files of
+uncommitted episodes are ignored, and overwritten on resume. One writer per root (a lock file).
 
-Scalar features: shape ``()`` (``(1,)`` is normalized to ``()``) is a plain parquet column,
-declared with shape ``[1]`` in info.json as LeRobot does, and reads back as ``[T]``. Other numeric
-features are fixed-size list columns; images are ``struct{bytes: PNG, path: null}`` columns.
+Scalars (shape ``()``; ``(1,)`` is normalized to it) are plain columns declared as shape [1] in
+info.json, as LeRobot does, and read back as [T]. Other numeric features are fixed-size list
+columns; images are ``struct{bytes: PNG, path: null}`` columns.
 
-Stats (``meta/stats.json``): min/max/mean/std/count for every feature, bookkeeping columns
-included, exact over all frames (per-episode moments merged in float64 with Chan's parallel
-algorithm; std is the population std, as ``np.std``). Images get per-channel stats of pixel/255
-with shape [3, 1, 1], as LeRobot does.
-
-One writer per root at a time (enforced with a lock file, ``.writer.lock``).
+Stats: min/max/mean/std/count of every feature, bookkeeping included, exact over all frames
+(per-episode moments merged in float64, Chan et al.; population std as ``np.std``). Images get
+per-channel stats of pixel/255 with shape [3, 1, 1], as LeRobot does.
 """
 
 from __future__ import annotations
@@ -26,7 +22,6 @@ import io
 import json
 import math
 import warnings
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +29,6 @@ from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -46,9 +40,8 @@ CHUNKS_SIZE = 1000
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 EPISODES_PATH = "meta/episodes/chunk-000/file-000.parquet"
-DTYPES: dict[str, type] = {
-    "float32": np.float32, "int64": np.int64, "bool": np.bool_, "image": np.uint8
-}
+DTYPES: dict[str, type] = {"float32": np.float32, "int64": np.int64, "bool": np.bool_,
+                           "image": np.uint8}
 _EPISODES_SCHEMA = pa.schema(
     [("episode_index", pa.int64()), ("tasks", pa.list_(pa.string())), ("length", pa.int64())]
     + [(name, pa.int64()) for name in ("data/chunk_index", "data/file_index",
@@ -110,14 +103,10 @@ def _encode(f: Feature, x: np.ndarray) -> pa.Array:
 def _decode(name: str, f: Feature, col: pa.ChunkedArray) -> np.ndarray:
     arr = col.combine_chunks()
     if f.dtype == "image":
-        pngs = arr.field("bytes").to_pylist()
-        if any(b is None for b in pngs):
-            raise DatasetError(f"column {name!r} has images stored by path, which this reader "
-                               "does not support; embed them as PNG bytes")
+        pngs = arr.field("bytes").to_pylist()  # images stored by path are not supported
         out = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in pngs])
         if out.shape[1:] != f.shape:
-            raise DatasetError(f"column {name!r} holds images of shape {out.shape[1:]}, but "
-                               f"info.json declares {f.shape}")
+            raise ValueError(f"{name!r} holds images of shape {out.shape[1:]}, not {f.shape}")
         return out
     if f.shape != ():
         arr = arr.flatten()
@@ -158,10 +147,9 @@ class _Moments:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> _Moments:
-        count = int(d["count"][0])
-        mean, std = np.asarray(d["mean"], np.float64), np.asarray(d["std"], np.float64)
-        lo, hi = np.asarray(d["min"], np.float64), np.asarray(d["max"], np.float64)
-        return cls(count, mean, std * std * count, lo, hi)
+        n, (mean, std, lo, hi) = int(d["count"][0]), (
+            np.asarray(d[k], np.float64) for k in ("mean", "std", "min", "max"))
+        return cls(n, mean, std * std * n, lo, hi)
 
 
 def _merge(old: dict[str, _Moments], new: dict[str, _Moments]) -> dict[str, _Moments]:
@@ -169,14 +157,11 @@ def _merge(old: dict[str, _Moments], new: dict[str, _Moments]) -> dict[str, _Mom
 
 
 def _read_table(path: Path, what: str, columns: list[str] | None = None) -> pa.Table:
-    if not path.is_file():
-        raise DatasetError(f"{what} {path} is missing; restore it from a backup, or re-collect "
-                           "into a new root")
     try:
         return pq.read_table(path, columns=columns)
-    except (OSError, pa.ArrowException) as e:
-        raise DatasetError(f"{what} {path} is unreadable ({e}); restore it from a backup, or "
-                           "re-collect into a new root") from e
+    except (OSError, pa.ArrowException) as e:  # missing files included
+        raise DatasetError(f"{what} {path} is missing or unreadable ({e}); restore it from a "
+                           "backup, or re-collect into a new root") from e
 
 
 def _read_info(root: Path) -> dict[str, Any]:
@@ -189,16 +174,13 @@ def _read_info(root: Path) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise DatasetError(f"{path} is unreadable or not valid JSON ({e}); restore it from a "
                            "backup, or re-create the dataset") from e
-    if not isinstance(info, dict):
-        raise DatasetError(f"{path} must hold a JSON object; restore it from a backup")
+    keys = ("fps", "features", "total_episodes", "total_frames", "total_tasks", "data_path")
+    if not isinstance(info, dict) or any(k not in info for k in keys):
+        raise DatasetError(f"{path} must be a JSON object with {keys}; restore it from a backup")
     if info.get("codebase_version") != CODEBASE_VERSION:
         raise DatasetError(f"{path} has codebase_version {info.get('codebase_version')!r}; this "
                            f"reader supports {CODEBASE_VERSION!r} only: convert the dataset with "
                            "LeRobot's v3.0 conversion script")
-    keys = ("fps", "features", "total_episodes", "total_frames", "total_tasks", "data_path")
-    missing = [k for k in keys if k not in info]
-    if missing:
-        raise DatasetError(f"{path} lacks {missing}; restore it from a backup")
     return info
 
 
@@ -232,9 +214,7 @@ class EpisodeDataset:
 
     def _read_tasks(self, n: int) -> list[str]:
         d = _read_table(self.root / "meta" / "tasks.parquet", "tasks file").to_pydict()
-        if "task_index" not in d or "task" not in d:
-            raise DatasetError(f"{self.root}/meta/tasks.parquet needs columns task_index, task")
-        tasks = dict(zip(d["task_index"], d["task"], strict=True))
+        tasks = dict(zip(d.get("task_index", []), d.get("task", []), strict=True))
         if any(i not in tasks for i in range(n)):
             raise DatasetError(f"{self.root}/meta/tasks.parquet lacks some of the {n} tasks "
                                "info.json counts; restore it from a backup")
@@ -265,28 +245,26 @@ class EpisodeDataset:
             chunk_index=ep["data/chunk_index"], file_index=ep["data/file_index"])
 
     def _check_data_files(self) -> None:
-        rows: dict[Path, int] = defaultdict(int)
+        """Footers only (cheap): every file the metadata names exists and matches info.json."""
         for ep in self._episodes:
-            rows[self._data_path(ep)] += ep["length"]
-        for path, n in rows.items():
-            if not path.is_file():
-                raise DatasetError(f"data file {path}, named by meta/episodes, is missing; "
-                                   "restore it, or re-collect into a new root")
+            path = self._data_path(ep)
             try:
                 meta = pq.read_metadata(path)
                 schema = meta.schema.to_arrow_schema()
             except (OSError, pa.ArrowException) as e:
-                raise DatasetError(f"data file {path} is unreadable ({e}); restore it, or "
-                                   "re-collect into a new root") from e
+                raise DatasetError(f"data file {path}, named by meta/episodes, is missing or "
+                                   f"unreadable ({e}); restore it, or re-collect into a new "
+                                   "root") from e
             for name, f in self.features.items():
                 got = schema.field(name).type if name in schema.names else None
                 if got != _arrow_type(f):
                     raise DatasetError(f"column {name!r} in {path} is {got or 'missing'}, but "
                                        f"info.json declares {f.dtype} {list(f.shape)} "
                                        f"(arrow {_arrow_type(f)})")
-            if meta.num_rows < n:
+            if meta.num_rows != ep["length"]:  # this writer puts one episode per file
                 raise DatasetError(f"data file {path} has {meta.num_rows} rows, but "
-                                   f"meta/episodes names {n} frames in it")
+                                   f"meta/episodes says episode {ep['episode_index']} has "
+                                   f"{ep['length']}; re-collect into a new root")
 
     def _load_stats(self) -> dict[str, _Moments]:
         if self.num_frames == 0:
@@ -318,15 +296,13 @@ class EpisodeDataset:
         unknown = [k for k in keys if k not in self.features]
         if unknown:
             raise DatasetError(f"unknown keys {unknown}; the dataset has {list(self.features)}")
-        ep, path = self._episodes[i], self._data_path(self._episodes[i])
-        cols = list(dict.fromkeys([*keys, "episode_index"]))
-        table = _read_table(path, "data file", cols)
-        if table.num_rows != ep["length"]:  # a file shared by several episodes
-            table = table.filter(pc.equal(table["episode_index"], i))
-        if table.num_rows != ep["length"]:
-            raise DatasetError(f"data file {path} has {table.num_rows} frames of episode {i}, "
-                               f"meta/episodes says {ep['length']}; re-collect into a new root")
-        return {k: _decode(k, self.features[k], table[k]) for k in keys}
+        path = self._data_path(self._episodes[i])
+        table = _read_table(path, "data file", keys)
+        try:
+            return {k: _decode(k, self.features[k], table[k]) for k in keys}
+        except (OSError, ValueError, TypeError) as e:  # e.g. a corrupt PNG
+            raise DatasetError(f"data file {path} could not be decoded ({e}); restore it, or "
+                               "re-collect into a new root") from e
 
     def episode_lengths(self) -> np.ndarray:
         return np.array([ep["length"] for ep in self._episodes], dtype=np.int64)
@@ -372,10 +348,11 @@ def _validate(
     extra = [k for k in frames if k not in features]
     if missing or extra:
         book = [k for k in extra if k in BOOKKEEPING]
-        raise DatasetError(f"frame keys do not match the features: missing {missing}, "
-                           f"unexpected {extra}" + (f" ({book} are filled by the writer)"
-                                                    if book else "") +
-                           f"; pass exactly {list(features)}")
+        parts = [f"missing {missing}"] if missing else []
+        parts += [f"unexpected {extra}"] if extra else []
+        parts += [f"{book} are filled by the writer"] if book else []
+        raise DatasetError(f"frame keys do not match the features ({'; '.join(parts)}); "
+                           f"pass exactly {list(features)}")
     out: dict[str, np.ndarray] = {}
     for key, f in features.items():
         x = _to_numpy(key, f, frames[key])
