@@ -436,7 +436,7 @@ class DatasetWriter:
         self._rows, self._tasks, self._moments = ds._episodes, ds.tasks, ds._moments
         self._num_frames = ds.num_frames
         # Temp files of writes cut short by a kill (safe to delete: we hold the lock).
-        for tmp in [*self.root.glob("data/*/.*.tmp"), *self.root.glob("meta/**/.*.tmp")]:
+        for tmp in [*self.root.glob("data/*/.*.tmp*"), *self.root.glob("meta/**/.*.tmp*")]:
             tmp.unlink(missing_ok=True)
 
     @property

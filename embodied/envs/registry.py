@@ -43,3 +43,9 @@ def make_task(name: str, **options: Any):
 def _load_builtin_tasks() -> None:
     # Imported lazily so that `embodied.envs` stays cheap to import and tasks may import it.
     from embodied.envs import tasks  # noqa: F401
+
+
+def list_tasks_command(cfg: object = None) -> None:
+    """`embodied tasks`: print each registered task with its one-line description."""
+    for name in task_names():
+        print(f"{name:14s} {getattr(_TASKS[name], 'description', '')}")

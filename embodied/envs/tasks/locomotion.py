@@ -32,6 +32,9 @@ class _Locomotion(Task):
     ctrl_cost_weight: float = 1e-3
     reset_noise_scale: float = 5e-3
     gaussian_qvel_noise: ClassVar[bool] = False  # HalfCheetah and Ant draw qvel ~ N(0, s^2)
+    success_distance: float = 5.0
+    """Success (ours; gymnasium has none): the torso has moved this far forward in +x.
+    Falling ends the episode, so an episode succeeds if it gets there before falling."""
 
     def build_model(self) -> mujoco.MjModel:
         return mujoco.MjModel.from_xml_path(str(GYM_ASSETS / self.xml_file))
@@ -57,6 +60,9 @@ class _Locomotion(Task):
 
     def forward_velocity(self, sim: Any, x_before: torch.Tensor) -> torch.Tensor:
         return (sim.field("qpos")[:, 0] - x_before) / self._dt
+
+    def success(self, sim: Any) -> torch.Tensor:
+        return sim.field("qpos")[:, 0] >= self.success_distance
 
     def ctrl_cost(self, action: torch.Tensor) -> torch.Tensor:
         return self.ctrl_cost_weight * action.square().sum(-1)
@@ -135,6 +141,7 @@ class HalfCheetah(_Locomotion):
     ctrl_cost_weight = 0.1
     reset_noise_scale = 0.1
     gaussian_qvel_noise = True
+    success_distance = 20.0
 
     def observe(self, sim: Any) -> torch.Tensor:
         return torch.cat([sim.field("qpos")[:, 1:], sim.field("qvel")], dim=-1)

@@ -1,0 +1,75 @@
+"""The one entry point: `embodied <command> key=value ...`, configs composed by Hydra.
+
+Each command has a config `configs/<command>.yaml`; overrides use Hydra's syntax
+(`task=push_cube episodes=50 task.options.reward_type=dense`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+USAGE = """usage: embodied <command> [key=value ...]
+
+commands:
+  collect   run a task's expert in batched envs and write a LeRobot v3 dataset (+ videos)
+  tasks     list the registered tasks
+
+examples:
+  embodied collect task=push_cube episodes=50 video=true
+  embodied collect task=hopper episodes=20 noise=0.1 out=data/hopper_noisy
+  embodied collect --cfg        (print the composed config and exit)
+"""
+
+
+def _commands() -> dict[str, Callable]:
+    from embodied.data.collect import collect_command
+    from embodied.envs.registry import list_tasks_command
+
+    return {"collect": collect_command, "tasks": list_tasks_command}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, overrides = argv[0], argv[1:]
+    # Offscreen rendering needs this before mujoco is first imported.
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    commands = _commands()
+    if command not in commands:
+        print(f"embodied: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    show_config = "--cfg" in overrides
+    overrides = [o for o in overrides if o != "--cfg"]
+    cfg = compose(command, overrides)
+    if show_config:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+        return 0
+    commands[command](cfg)
+    return 0
+
+
+def compose(command: str, overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from embodied.core.paths import CONFIGS_DIR
+
+    if not (CONFIGS_DIR / f"{command}.yaml").exists():
+        return None
+    try:
+        with initialize_config_dir(str(CONFIGS_DIR), version_base=None):
+            return hydra_compose(config_name=command, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise SystemExit(f"embodied {command}: bad configuration: {e}") from None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
