@@ -2,9 +2,9 @@
 
     python scripts/train_hopper_expert.py --steps 200000 --out embodied/assets/experts/hopper_sac
 
-Writes `<out>.zip` (the SB3 model, ~1 MB: actor and critics) and `<out>.json` (how it was
-made and its evaluation). `embodied.data.experts` loads the actor from the zip.
-Takes about 30-40 minutes on one CPU core.
+Writes `<out>.safetensors` (the deterministic actor: two ReLU layers and the mean head,
+~300 KB; `embodied.data.experts.MLPExpert` runs it in plain torch, no SB3 needed) and
+`<out>.json` (how it was made and its evaluation). Takes 30-45 minutes on one CPU core.
 """
 
 from __future__ import annotations
@@ -37,6 +37,22 @@ def evaluate(model, episodes: int = 20, seed: int = 1000) -> dict:
             "return_std": float(returns.std()), "length_mean": float(lengths.mean())}
 
 
+def export_actor(model, path: Path) -> None:
+    """SB3 SAC actor -> safetensors: layers.{i}.weight/bias (ReLU between), then tanh."""
+    from safetensors.torch import save_file
+
+    from embodied.core.io import atomic_write
+
+    linears = [m for m in model.actor.latent_pi if isinstance(m, torch.nn.Linear)]
+    linears.append(model.actor.mu)
+    tensors = {}
+    for i, layer in enumerate(linears):
+        tensors[f"layers.{i}.weight"] = layer.weight.detach().cpu().contiguous()
+        tensors[f"layers.{i}.bias"] = layer.bias.detach().cpu().contiguous()
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp),
+                                             metadata={"activation": "relu", "output": "tanh"}))
+
+
 def main() -> None:
     from stable_baselines3 import SAC
 
@@ -62,7 +78,7 @@ def main() -> None:
               f"return {stats['return_mean']:.0f} +- {stats['return_std']:.0f}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model.save(str(out) + ".zip", exclude=["replay_buffer"])
+    export_actor(model, Path(str(out) + ".safetensors"))
     report = {"algorithm": "SB3 SAC", "task": "hopper", "steps": args.steps, "seed": args.seed,
               "train_seconds": round(time.time() - start), "eval": evaluate(model)}
     Path(str(out) + ".json").write_text(json.dumps(report, indent=2) + "\n")

@@ -58,7 +58,8 @@ class EpisodeBuffers:
 
 def collect(task: str, episodes: int, out: str | Path, *, num_envs: int = 16,
             noise: float = 0.0, seed: int = 0, only_success: bool = False,
-            cameras: tuple[str, ...] = (), image_size: int = 96, video_dir: str | Path | None = None,
+            cameras: tuple[str, ...] = (), image_size: int = 96,
+            video_dir: str | Path | None = None,
             video_episodes: int = 2, nthread: int = 0, task_options: dict | None = None,
             progress: bool = True) -> dict[str, Any]:
     """Write `episodes` expert episodes of `task` to the dataset at `out`; return a summary."""

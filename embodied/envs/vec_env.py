@@ -25,6 +25,7 @@ from embodied.envs.registry import make_task
 from embodied.envs.task import Task
 
 Obs = dict[str, torch.Tensor]
+Tensor = torch.Tensor
 
 
 class MujocoVecEnv:
@@ -89,7 +90,7 @@ class MujocoVecEnv:
         self._needs_reset = False
         return self._observe()
 
-    def step(self, actions: torch.Tensor) -> tuple[Obs, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    def step(self, actions: torch.Tensor) -> tuple[Obs, Tensor, Tensor, Tensor, dict]:
         if self._needs_reset:
             raise RuntimeError("call reset() before step()")
         actions = self._check_actions(actions)

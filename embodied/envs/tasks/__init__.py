@@ -1,3 +1,3 @@
 """Built-in tasks; importing this module registers them."""
 
-from embodied.envs.tasks import locomotion, template  # noqa: F401
+from embodied.envs.tasks import locomotion, manipulation, template  # noqa: F401

@@ -78,7 +78,8 @@ class _Locomotion(Task):
 
 def _uniform(shape: tuple[int, int], scale: float, generator: torch.Generator,
              device: torch.device) -> torch.Tensor:
-    return (torch.rand(shape, generator=generator, dtype=torch.float64, device=device) * 2 - 1) * scale
+    unit = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
+    return (unit * 2 - 1) * scale
 
 
 class _PlanarWalker(_Locomotion):

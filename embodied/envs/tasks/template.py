@@ -6,7 +6,8 @@ is a live (num_envs, ...) torch tensor over an MjData field, writable for state 
 draw randomness only from the generator passed to `reset`, so that the same seed gives the
 same rollout and the task runs unchanged on any backend.
 
-`reach` is also a real, registered task: the easiest one, for fast end-to-end tests.
+`reach` is also a real, registered task: the easiest one, for fast end-to-end tests; its
+expert is `embodied.data.experts.ReachExpert`.
 """
 
 from __future__ import annotations
@@ -80,22 +81,3 @@ class Reach(Task):
 
     def video_camera(self) -> str:
         return "top"
-
-
-class ReachExpert:
-    """A PD controller towards the goal, read from the observation; `noise` adds jitter."""
-
-    def __init__(self, num_envs: int, noise: float = 0.0,
-                 generator: torch.Generator | None = None) -> None:
-        self.num_envs, self.noise, self.generator = num_envs, noise, generator
-
-    def reset(self, ids: torch.Tensor) -> None:
-        pass
-
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        obs = obs.to(torch.float64)
-        action = 20.0 * obs[:, 6:8] - 2.0 * obs[:, 2:4]
-        if self.noise > 0:
-            action = action + self.noise * torch.randn(
-                action.shape, generator=self.generator, dtype=action.dtype)
-        return action.clamp(-1.0, 1.0).to(torch.float32)
