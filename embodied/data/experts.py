@@ -1,5 +1,5 @@
-"""Scripted, batched experts for the built-in manipulation tasks (and the template `reach`
-task), to record demonstrations.
+"""Batched experts to record demonstrations: scripted ones for the manipulation tasks and
+the template `reach` task, a trained one (SAC, shipped in assets/experts/) for Hopper.
 
     expert = make_expert("pick_place", num_envs=N, noise=0.0, generator=torch.Generator())
     expert.reset()                         # all envs; later expert.reset(ids) for reset envs
@@ -20,11 +20,14 @@ the only source of randomness (same generator seed, same demonstrations).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 import torch
+from safetensors.torch import load_file
 
 from embodied.core.errors import ConfigError
+from embodied.core.paths import ASSETS_DIR
 from embodied.envs.registry import get_task_class
 from embodied.envs.tasks.manipulation import quat_rotate
 
@@ -277,17 +280,59 @@ EXPERTS: dict[str, type[ScriptedExpert]] = {
 }
 
 
+class MLPExpert:
+    """A trained expert: a ReLU MLP with a tanh output, from a safetensors file.
+
+    The file holds `layers.{i}.weight/bias` (see `scripts/train_hopper_expert.py`, which
+    exports an SB3 SAC actor this way). `noise` adds Gaussian noise of that std to actions.
+    """
+
+    def __init__(self, path: str | Path, num_envs: int, noise: float = 0.0,
+                 generator: torch.Generator | None = None) -> None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(
+                f"expert checkpoint {path} is missing; make it with "
+                "`python scripts/train_hopper_expert.py` (or reinstall the package)"
+            )
+        tensors = load_file(str(path))
+        n = len(tensors) // 2
+        self.layers = [(tensors[f"layers.{i}.weight"].double(),
+                        tensors[f"layers.{i}.bias"].double()) for i in range(n)]
+        self.num_envs, self.noise = num_envs, float(noise)
+        self.generator = generator if generator is not None else torch.Generator()
+
+    def reset(self, ids: torch.Tensor | None = None) -> None:
+        pass  # memoryless
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.to(torch.float64)
+        for i, (weight, bias) in enumerate(self.layers):
+            x = x @ weight.T + bias
+            x = torch.relu(x) if i < len(self.layers) - 1 else torch.tanh(x)
+        if self.noise > 0:
+            x = x + self.noise * torch.randn(x.shape, generator=self.generator, dtype=x.dtype)
+        return x.clamp(-1.0, 1.0).to(torch.float32)
+
+
+TRAINED_EXPERTS: dict[str, str] = {"hopper": "experts/hopper_sac.safetensors"}
+
+
 def expert_names() -> list[str]:
-    return sorted(EXPERTS)
+    return sorted([*EXPERTS, *TRAINED_EXPERTS])
 
 
 def make_expert(task_name: str, num_envs: int, noise: float = 0.0,
                 generator: torch.Generator | None = None, **kwargs) -> ScriptedExpert:
-    """The scripted expert of `task_name` for a batch of `num_envs` envs."""
+    """The expert of `task_name` (scripted, or trained from assets/) for `num_envs` envs."""
+    if task_name in TRAINED_EXPERTS:
+        path = ASSETS_DIR / TRAINED_EXPERTS[task_name]
+        return MLPExpert(path, num_envs, noise=noise, generator=generator)
     try:
         cls = EXPERTS[task_name]
     except KeyError:
         raise ConfigError(
-            f"no scripted expert for task {task_name!r}; experts exist for {expert_names()}"
+            f"no expert for task {task_name!r}; experts exist for {expert_names()}"
         ) from None
     return cls(num_envs, noise=noise, generator=generator, **kwargs)
