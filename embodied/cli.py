@@ -14,20 +14,25 @@ USAGE = """usage: embodied <command> [key=value ...]
 
 commands:
   collect   run a task's expert in batched envs and write a LeRobot v3 dataset (+ videos)
+  pretrain  behaviour-clone a flow / shortcut / diffusion / Gaussian policy from a dataset
+  eval      success rate of a saved policy in batched envs (+ video)
   tasks     list the registered tasks
 
 examples:
   embodied collect task=push_cube episodes=50 video=true
   embodied collect task=hopper episodes=20 noise=0.1 out=data/hopper_noisy
+  embodied pretrain task=push_cube dataset=data/push_cube policy=flow_mlp
+  embodied eval task=push_cube checkpoint=runs/pretrain_push_cube_flow_mlp/policy
   embodied collect --cfg        (print the composed config and exit)
 """
 
 
 def _commands() -> dict[str, Callable]:
-    from embodied.data.collect import collect_command
+    from embodied import commands
     from embodied.envs.registry import list_tasks_command
 
-    return {"collect": collect_command, "tasks": list_tasks_command}
+    return {"collect": commands.collect_command, "pretrain": commands.pretrain_command,
+            "eval": commands.eval_command, "tasks": list_tasks_command}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from embodied.core.io import atomic_write_json, atomic_write_text
 from embodied.data.dataset import DatasetWriter, Feature
 from embodied.envs import make_env
 from embodied.envs.video import write_video
@@ -118,24 +115,3 @@ def collect(task: str, episodes: int, out: str | Path, *, num_envs: int = 16,
 
 def _task_text(env: Any) -> str:
     return env.task.description or env.task.name
-
-
-def collect_command(cfg: DictConfig) -> dict[str, Any]:
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    summary = collect(
-        cfg.task.name, cfg.episodes, cfg.out, num_envs=cfg.num_envs, noise=cfg.noise,
-        seed=cfg.seed, only_success=cfg.only_success, cameras=tuple(cfg.cameras),
-        image_size=cfg.image_size, video_dir=run_dir / "videos" if cfg.video else None,
-        video_episodes=cfg.video_episodes, nthread=cfg.nthread,
-        task_options=OmegaConf.to_container(cfg.task.options, resolve=True),
-    )
-    atomic_write_json(run_dir / "summary.json", summary)
-    print(f"dataset: {summary['dataset']} ({summary['episodes']} episodes, "
-          f"{summary['frames']} frames); expert success {summary['success_rate']:.0%} "
-          f"over {summary['episodes_seen']} episodes")
-    for video in summary["videos"]:
-        print(f"video: {video}")
-    print(json.dumps(summary))
-    return summary

@@ -1,0 +1,92 @@
+"""The CLI's commands: each takes the composed Hydra config of `configs/<command>.yaml`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from embodied.core.io import atomic_write_json, atomic_write_text
+
+
+def _options(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg.task.options, resolve=True) or {}
+
+
+def _start_run(cfg: DictConfig) -> Path:
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    return run_dir
+
+
+def collect_command(cfg: DictConfig) -> dict[str, Any]:
+    from embodied.data.collect import collect
+
+    run_dir = _start_run(cfg)
+    summary = collect(
+        cfg.task.name, cfg.episodes, cfg.out, num_envs=cfg.num_envs, noise=cfg.noise,
+        seed=cfg.seed, only_success=cfg.only_success, cameras=tuple(cfg.cameras),
+        image_size=cfg.image_size, video_dir=run_dir / "videos" if cfg.video else None,
+        video_episodes=cfg.video_episodes, nthread=cfg.nthread, task_options=_options(cfg),
+    )
+    atomic_write_json(run_dir / "summary.json", summary)
+    print(f"dataset: {summary['dataset']} ({summary['episodes']} episodes, "
+          f"{summary['frames']} frames); expert success {summary['success_rate']:.0%} "
+          f"over {summary['episodes_seen']} episodes")
+    for video in summary["videos"]:
+        print(f"video: {video}")
+    print(json.dumps(summary))
+    return summary
+
+
+def pretrain_command(cfg: DictConfig) -> dict[str, Any]:
+    from embodied.algos.bc import BCConfig, BCTrainer
+    from embodied.data.dataset import EpisodeDataset
+    from embodied.data.windows import ChunkWindows
+    from embodied.policies.config import PolicyConfig
+    from embodied.policies.policy import ChunkPolicy
+
+    run_dir = _start_run(cfg)
+    dataset = EpisodeDataset(cfg.dataset)
+    policy_fields = OmegaConf.to_container(cfg.policy, resolve=True)
+    policy_config = PolicyConfig(
+        obs_dim=dataset.features["observation.state"].shape[0],
+        action_dim=dataset.features["action"].shape[0], **policy_fields)
+    policy = ChunkPolicy(policy_config)
+    policy.fit_normalizers(dataset.stats)
+    windows = ChunkWindows(dataset, policy_config.n_obs_steps, policy_config.horizon,
+                           tuple(policy_config.cameras))
+    bc = BCConfig(**OmegaConf.to_container(cfg.train, resolve=True))
+    trainer = BCTrainer(policy, windows, bc, run_dir, task=cfg.task.name,
+                        task_options=_options(cfg), resume=cfg.resume)
+    print(f"pretrain {policy_config.kind}/{policy_config.net} on {dataset.num_episodes} "
+          f"episodes ({len(windows)} windows) -> {run_dir}")
+    summary = trainer.train()
+    atomic_write_json(run_dir / "summary.json", summary)
+    print(json.dumps(summary))
+    return summary
+
+
+def eval_command(cfg: DictConfig) -> dict[str, Any]:
+    from embodied.policies.policy import ChunkPolicy
+    from embodied.rollout import evaluate
+
+    if not cfg.checkpoint:
+        raise SystemExit("embodied eval: pass checkpoint=<policy dir> (e.g. runs/x/policy)")
+    run_dir = _start_run(cfg)
+    policy = ChunkPolicy.from_pretrained(cfg.checkpoint)
+    video = run_dir / "videos" / "eval.mp4" if cfg.video else None
+    result = evaluate(policy, cfg.task.name, cfg.episodes, seed=cfg.seed,
+                      task_options=_options(cfg), video_path=video,
+                      deterministic=cfg.deterministic)
+    result["checkpoint"] = str(cfg.checkpoint)
+    atomic_write_json(run_dir / "summary.json", result)
+    print(f"{cfg.task.name}: success {result['success_rate']:.1%} over {result['episodes']} "
+          f"episodes (seed {cfg.seed}), return {result['return_mean']:.1f}")
+    if video:
+        print(f"video: {video}")
+    print(json.dumps(result))
+    return result

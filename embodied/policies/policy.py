@@ -1,0 +1,263 @@
+"""Chunked generative policies: an observation encoder, a denoiser net and a sampler.
+
+Shapes: B batch, To obs history, Do obs dims, Tp predicted steps, Ta executed steps,
+Da action dims, C conditioning features, K denoising steps.
+
+    policy = ChunkPolicy(PolicyConfig(kind="flow", obs_dim=26, action_dim=4, horizon=8))
+    policy.fit_normalizers(dataset.stats)             # statistics travel with the weights
+    loss = policy.bc_loss(obs, actions)               # obs {"state": [B,To,Do]}, [B,Tp,Da]
+    chunk = policy.act(obs, generator=g)              # [B, Ta, Da] in the env's [-1, 1]
+    chunk, chain = policy.sample(obs, generator=g)    # RL: the whole denoising chain
+    step_log_probs = policy.log_prob(obs, chain)      # [B, K], recomputed by the same sampler
+    policy.save_pretrained("runs/x/policy"); ChunkPolicy.from_pretrained("runs/x/policy")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from embodied.core.errors import ConfigError
+from embodied.policies.config import PolicyConfig
+from embodied.policies.encoders import MultiModalEncoder, StateEncoder
+from embodied.policies.nets import GaussianMLP, NoiseHead, build_denoiser
+from embodied.policies.normalize import Normalizer
+from embodied.policies.samplers import (
+    Chain,
+    DiffusionSampler,
+    FlowSampler,
+    flow_training_pair,
+)
+
+Obs = dict[str, torch.Tensor]
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+FORMAT_VERSION = 1
+
+
+class ChunkPolicy(nn.Module):
+    """Flow, shortcut, diffusion or Gaussian action-chunk policy (composition, no subclassing)."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.obs_normalizer = Normalizer(c.obs_dim, "mean_std")
+        self.action_normalizer = Normalizer(c.action_dim, "min_max")
+        if c.cameras:
+            self.encoder: nn.Module = MultiModalEncoder(
+                c.obs_dim, c.n_obs_steps, list(c.cameras), c.image_size,
+                state_hidden=c.encoder_hidden)
+        else:
+            self.encoder = StateEncoder(c.obs_dim, c.n_obs_steps, hidden=c.encoder_hidden,
+                                        out_dim=c.encoder_out_dim)
+        cond_dim = self.encoder.out_dim
+        self.denoiser: nn.Module | None = None
+        self.gaussian: nn.Module | None = None
+        self.noise_head: nn.Module | None = None
+        if c.kind == "gaussian":
+            self.gaussian = GaussianMLP(cond_dim, c.horizon * c.action_dim)
+            self.sampler = None
+            return
+        self.denoiser = build_denoiser(c.net, horizon=c.horizon, action_dim=c.action_dim,
+                                       cond_dim=cond_dim, step_embedding=c.kind == "shortcut",
+                                       **c.net_kwargs)
+        if c.noise_head:
+            self.noise_head = NoiseHead(c.horizon, c.action_dim, cond_dim)
+        self.sampler = self.build_sampler(c.sampler, c.num_steps, **c.sampler_kwargs)
+
+    def build_sampler(self, mode: str, num_steps: int, **kwargs: Any):
+        """A sampler for this policy (fine-tuning swaps ODE for a stochastic one)."""
+        if self.config.kind == "diffusion":
+            return DiffusionSampler(num_train_steps=self.config.num_train_steps,
+                                    num_steps=num_steps, mode=mode, **kwargs)
+        return FlowSampler(num_steps, mode=mode, **kwargs)
+
+    # --- conditioning -------------------------------------------------------------------
+    def encode(self, obs: Obs | torch.Tensor) -> torch.Tensor:
+        """Normalised observation history -> conditioning [B, C]."""
+        obs = self._as_history(obs)
+        state = self.obs_normalizer.normalize(obs["state"].float())
+        if self.config.cameras:
+            return self.encoder({**obs, "state": state})
+        return self.encoder(state)
+
+    def _as_history(self, obs: Obs | torch.Tensor) -> Obs:
+        if isinstance(obs, torch.Tensor):
+            obs = {"state": obs}
+        state = obs["state"]
+        if state.dim() == 2:  # [B, Do]: a single frame; repeat it as the history
+            obs = {k: v.unsqueeze(1).expand(-1, self.config.n_obs_steps, *v.shape[1:])
+                   for k, v in obs.items()}
+        if obs["state"].shape[1:] != (self.config.n_obs_steps, self.config.obs_dim):
+            raise ValueError(
+                f"obs['state'] must be [B, To={self.config.n_obs_steps}, "
+                f"Do={self.config.obs_dim}] (or [B, Do]), got {tuple(state.shape)}")
+        return obs
+
+    def _fns(self, cond: torch.Tensor):
+        shortcut = self.config.kind == "shortcut"
+        step = 1.0 / self.config.num_steps
+
+        def denoise_fn(x, t, d=None):
+            if shortcut:
+                d = torch.full_like(t, step) if d is None else d
+            return self.denoiser(x, t, cond, d if shortcut else None)
+
+        noise_fn = None
+        if self.noise_head is not None:
+            def noise_fn(x, t):
+                return self.noise_head(x, t, cond)
+        return denoise_fn, noise_fn
+
+    # --- acting -------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: Obs | torch.Tensor, generator: torch.Generator | None = None,
+            deterministic: bool = True) -> torch.Tensor:
+        """The next Ta actions [B, Ta, Da] in the env's action space (clipped to [-1, 1]).
+
+        Flow/diffusion: the initial noise is drawn from `generator` (same seed, same
+        actions); deterministic=True runs noise-free transitions (ODE / DDIM eta=0 mean).
+        """
+        if self.config.kind == "gaussian":
+            mean, log_std = self.gaussian(self.encode(obs))
+            x = mean
+            if not deterministic:
+                x = mean + log_std.exp() * torch.randn(mean.shape, generator=generator)
+            x = x.view(-1, self.config.horizon, self.config.action_dim)
+        else:
+            x = self.sample(obs, generator=generator, deterministic=deterministic)[1].action
+            return self.to_env_actions(x)
+        return self.to_env_actions(x)
+
+    def sample(self, obs: Obs | torch.Tensor, generator: torch.Generator | None = None,
+               deterministic: bool = False) -> tuple[torch.Tensor, Chain]:
+        """(executed chunk [B, Ta, Da] in env space, the denoising chain in policy space)."""
+        if self.sampler is None:
+            raise ConfigError("a gaussian policy has no denoising chain; use act()")
+        cond = self.encode(obs)
+        denoise_fn, noise_fn = self._fns(cond)
+        shape = (cond.shape[0], self.config.horizon, self.config.action_dim)
+        chain = self.sampler.sample(denoise_fn, noise_fn, shape, generator=generator,
+                                    deterministic=deterministic)
+        return self.to_env_actions(chain.action), chain
+
+    def log_prob(self, obs: Obs | torch.Tensor, chain: Chain) -> torch.Tensor:
+        """Per-transition log-densities [B, K] of a stored chain, with the current weights."""
+        denoise_fn, noise_fn = self._fns(self.encode(obs))
+        return self.sampler.log_prob(denoise_fn, noise_fn, chain)
+
+    def to_env_actions(self, x: torch.Tensor) -> torch.Tensor:
+        """Policy-space chunk [B, Tp, Da] -> executed env actions [B, Ta, Da] in [-1, 1].
+
+        The chain is scored unclipped; clipping here is the env's action bound, applied
+        after the chain (documented, so the log-likelihood is of what the sampler drew).
+        """
+        actions = self.action_normalizer.unnormalize(x[:, : self.config.n_action_steps])
+        return actions.clamp(-1.0, 1.0)
+
+    # --- behaviour cloning --------------------------------------------------------------
+    def bc_loss(self, obs: Obs | torch.Tensor, actions: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Imitation loss on env-space actions [B, Tp, Da]."""
+        cond = self.encode(obs)
+        target = self.action_normalizer.normalize(actions.float())
+        kind = self.config.kind
+        if kind == "gaussian":
+            mean, log_std = self.gaussian(cond)
+            dist = torch.distributions.Normal(mean, log_std.exp())
+            return -dist.log_prob(target.flatten(1)).sum(-1).mean()
+        noise = torch.randn(target.shape, generator=generator)
+        if kind == "diffusion":
+            steps = torch.randint(0, self.config.num_train_steps, (target.shape[0],),
+                                  generator=generator)
+            x_noisy, eps = self.sampler.training_target(target, noise, steps)
+            return (self.denoiser(x_noisy, steps.float(), cond, None) - eps).square().mean()
+        t = torch.rand(target.shape[0], generator=generator)
+        x_t, velocity = flow_training_pair(target, noise, t)
+        if kind == "flow":
+            return (self.denoiser(x_t, t, cond, None) - velocity).square().mean()
+        return self._shortcut_loss(x_t, t, velocity, cond, generator)
+
+    def _shortcut_loss(self, x_t, t, velocity, cond, generator) -> torch.Tensor:
+        """Flow loss at d=0 plus self-consistency v(x,t,2d) = (v(x,t,d) + v(x',t+d,d)) / 2."""
+        batch = x_t.shape[0]
+        n_sc = max(1, int(batch * self.config.shortcut_self_consistency))
+        flow_pred = self.denoiser(x_t[n_sc:], t[n_sc:], cond[n_sc:], torch.zeros_like(t[n_sc:]))
+        flow_loss = (flow_pred - velocity[n_sc:]).square().mean()
+        levels = int(math.log2(self.config.shortcut_max_steps))
+        # 2d in {1, 1/2, ..., 2/M}; t on the grid of d so that t + 2d <= 1.
+        level = torch.randint(0, levels, (n_sc,), generator=generator)
+        d = 0.5 ** (level.float() + 1)
+        slots = (1.0 / d).round() - 1  # t = j * d, j in [0, 1/d - 2]
+        j = (torch.rand(n_sc, generator=generator) * (slots - 1).clamp(min=1)).floor()
+        t_sc = j * d
+        x0 = torch.randn(x_t[:n_sc].shape, generator=generator)
+        a = x_t[:n_sc] + (1 - t[:n_sc, None, None]) * velocity[:n_sc]  # the clean action
+        x_sc = (1 - t_sc[:, None, None]) * x0 + t_sc[:, None, None] * a
+        c = cond[:n_sc]
+        with torch.no_grad():
+            v1 = self.denoiser(x_sc, t_sc, c, d)
+            v2 = self.denoiser(x_sc + d[:, None, None] * v1, t_sc + d, c, d)
+            target = (v1 + v2) / 2
+        sc_loss = (self.denoiser(x_sc, t_sc, c, 2 * d) - target).square().mean()
+        return flow_loss + sc_loss
+
+    # --- statistics and checkpoints -----------------------------------------------------
+    def fit_normalizers(self, stats: dict[str, dict[str, Any]],
+                        obs_key: str = "observation.state", action_key: str = "action") -> None:
+        self.obs_normalizer.fit(stats[obs_key])
+        self.action_normalizer.fit(stats[action_key])
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """config.json + model.safetensors, swapped in as a whole directory (atomic)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            meta = {"format_version": FORMAT_VERSION, "policy": self.config.to_dict()}
+            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+            save_file(state, str(tmp / WEIGHTS_FILE))
+            old = path.with_name(f".{path.name}.old")
+            if path.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **overrides: Any) -> ChunkPolicy:
+        """Rebuild a saved policy; `overrides` change config fields (e.g. sampler)."""
+        path = Path(path)
+        config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+        if not config_file.exists() or not weights_file.exists():
+            raise ConfigError(f"{path} is not a policy checkpoint: it needs {CONFIG_FILE} and "
+                              f"{WEIGHTS_FILE} (made by save_pretrained / embodied pretrain)")
+        try:
+            meta = json.loads(config_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{config_file} is not valid JSON ({e})") from None
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ConfigError(f"{path}: checkpoint format {meta.get('format_version')}, this "
+                              f"version reads {FORMAT_VERSION}")
+        config = PolicyConfig.from_dict({**meta["policy"], **overrides})
+        policy = cls(config)
+        state = load_file(str(weights_file))
+        missing, unexpected = policy.load_state_dict(state, strict=False)
+        if config.noise_head and not meta["policy"].get("noise_head"):
+            missing = [k for k in missing if not k.startswith("noise_head.")]  # fresh head
+        if missing or unexpected:
+            raise ConfigError(f"{path}: weights do not fit the config (missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]})")
+        return policy.eval()
