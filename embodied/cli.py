@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
 def compose(command: str, overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
     from hydra.errors import HydraException
+    from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
     from embodied.core.paths import CONFIGS_DIR
@@ -71,7 +73,14 @@ def compose(command: str, overrides: list[str]):
         return None
     try:
         with initialize_config_dir(str(CONFIGS_DIR), version_base=None):
-            return hydra_compose(config_name=command, overrides=overrides)
+            cfg = hydra_compose(config_name=command, overrides=overrides,
+                                return_hydra_config=True)
+        # Lets configs use ${hydra:runtime.choices.<group>} (e.g. the policy's name).
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        OmegaConf.resolve(cfg)
+        return cfg
     except (HydraException, OmegaConfBaseException) as e:
         raise SystemExit(f"embodied {command}: bad configuration: {e}") from None
 

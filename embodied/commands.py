@@ -16,6 +16,11 @@ def _options(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _start_run(cfg: DictConfig) -> Path:
+    import torch
+
+    # Small policy nets gain nothing from intra-op threads, and they fight the simulator's
+    # threads for the cores; raise torch_threads for big (image, VLA) models.
+    torch.set_num_threads(int(cfg.get("torch_threads", 1)))
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))

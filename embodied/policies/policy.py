@@ -65,9 +65,12 @@ class ChunkPolicy(nn.Module):
             self.gaussian = GaussianMLP(cond_dim, c.horizon * c.action_dim)
             self.sampler = None
             return
+        # Flow times in [0, 1] are scaled up for the sinusoidal embedding; diffusion
+        # timesteps are already integers in [0, num_train_steps).
+        net_kwargs = {"time_scale": 1.0 if c.kind == "diffusion" else 1000.0, **c.net_kwargs}
         self.denoiser = build_denoiser(c.net, horizon=c.horizon, action_dim=c.action_dim,
                                        cond_dim=cond_dim, step_embedding=c.kind == "shortcut",
-                                       **c.net_kwargs)
+                                       **net_kwargs)
         if c.noise_head:
             self.noise_head = NoiseHead(c.horizon, c.action_dim, cond_dim)
         self.sampler = self.build_sampler(c.sampler, c.num_steps, **c.sampler_kwargs)
@@ -254,7 +257,10 @@ class ChunkPolicy(nn.Module):
         config = PolicyConfig.from_dict({**meta["policy"], **overrides})
         policy = cls(config)
         state = load_file(str(weights_file))
-        missing, unexpected = policy.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = policy.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise ConfigError(f"{path}: weights do not fit the config ({e})") from None
         if config.noise_head and not meta["policy"].get("noise_head"):
             missing = [k for k in missing if not k.startswith("noise_head.")]  # fresh head
         if missing or unexpected:

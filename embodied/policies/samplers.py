@@ -114,21 +114,16 @@ class _ChainSampler:
     num_steps: int
     log_prob_std_min: float
 
+    # transition(denoise_fn, noise_fn, x, k, sde_mask=None, *, deterministic=False) -> (mean, std)
+    transition: Callable[..., tuple[Tensor, Tensor]]
+
     @property
     def stochastic(self) -> bool:
         return True
 
-    def transition(
-        self,
-        denoise_fn: DenoiseFn,
-        noise_fn: NoiseFn | None,
-        x: Tensor,
-        k: int | Tensor,
-        sde_mask: Tensor | None = None,
-        *,
-        deterministic: bool = False,
-    ) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+    def _check(self, chain: Chain) -> None:
+        if chain.num_steps != self.num_steps:
+            raise ValueError(f"chain has {chain.num_steps} steps, sampler {self.num_steps}")
 
     def score(self, x_next: Tensor, mean: Tensor, std: Tensor) -> Tensor:
         """Transition log-density with the scoring floor `log_prob_std_min` (DPPO: 0.1).
@@ -142,7 +137,7 @@ class _ChainSampler:
             std = torch.where(std > 0, std.clamp(min=self.log_prob_std_min), std)
         return gaussian_log_prob(x_next, mean, std)
 
-    def _draw_sde_step(self, batch: int, generator: torch.Generator | None, device) -> Tensor | None:
+    def _draw_sde_step(self, b: int, gen: torch.Generator | None, device) -> Tensor | None:
         return None
 
     def sample(
@@ -165,7 +160,8 @@ class _ChainSampler:
         if x0 is None:
             if shape is None:
                 raise ValueError("sample needs `shape` or `x0`")
-            device = device if device is not None else (generator.device if generator else None)
+            if device is None and generator is not None:
+                device = generator.device
             x0 = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
         elif shape is not None and tuple(x0.shape) != tuple(shape):
             raise ValueError(f"x0 shape {tuple(x0.shape)} != shape {tuple(shape)}")
@@ -189,9 +185,11 @@ class _ChainSampler:
         return Chain(torch.stack(states, 1), torch.stack(log_probs, 1), sde_step)
 
     def log_prob(self, denoise_fn: DenoiseFn, noise_fn: NoiseFn | None, chain: Chain) -> Tensor:
-        """Per-transition log-densities [B, K] of a stored chain, through the same transitions."""
-        if chain.num_steps != self.num_steps:
-            raise ValueError(f"chain has {chain.num_steps} steps, sampler {self.num_steps}")
+        """Per-transition log-densities [B, K] of a stored chain, through the same transitions.
+
+        Scores as the stochastic sampler; a chain drawn with deterministic=True has no density.
+        """
+        self._check(chain)
         s = chain.states
         if not self.stochastic:
             return s.new_zeros(s.shape[0], self.num_steps)
@@ -291,10 +289,10 @@ class FlowSampler(_ChainSampler):
         lo, hi = 2.0 * math.log(self.sigma_min), 2.0 * math.log(self.sigma_max)
         return torch.exp(0.5 * (lo + (hi - lo) * (torch.tanh(raw) + 1.0) / 2.0))
 
-    def _draw_sde_step(self, batch: int, generator: torch.Generator | None, device) -> Tensor | None:
+    def _draw_sde_step(self, b: int, gen: torch.Generator | None, device) -> Tensor | None:
         if self.mode != "sde_hybrid":
             return None
-        return torch.randint(self.num_steps, (batch,), generator=generator, device=device)
+        return torch.randint(self.num_steps, (b,), generator=gen, device=device)
 
     def transition(
         self,
@@ -334,8 +332,7 @@ class FlowSampler(_ChainSampler):
             return super().log_prob(denoise_fn, noise_fn, chain)
         if chain.sde_step is None:
             raise ValueError("a hybrid Flow-SDE chain must carry sde_step (sampled stochastically)")
-        if chain.num_steps != self.num_steps:
-            raise ValueError(f"chain has {chain.num_steps} steps, sampler {self.num_steps}")
+        self._check(chain)
         # Only the SDE step has a density: score it for all rows in one net call.
         k, rows = chain.sde_step, torch.arange(chain.states.shape[0], device=chain.states.device)
         x, x_next = chain.states[rows, k], chain.states[rows, k + 1]
@@ -363,7 +360,10 @@ class DiffusionSampler(_ChainSampler):
               sigma^2 = eta^2 beta_tilde, eps_hat recomputed from the clipped x0_hat (diffusers'
               use_clipped_model_output=True, DPPO), mean = sqrt(abar_prev) x0_hat
               + sqrt(1 - abar_prev - sigma^2) eps_hat.
-    deterministic=True: DDPM the posterior mean without noise, DDIM the eta = 0 mean.
+    deterministic=True: the DDIM eta = 0 mean on the sampler's own timesteps (the noise-free
+    probability-flow step; for "ddpm" on all N timesteps). deterministic_mean="posterior"
+    gives DDPM's posterior mean without noise instead (DPPO's eval), which shrinks samples
+    toward the data mean and can collapse a multimodal policy onto one mode.
     std_min (DPPO 0.1): floor on the sampling std at every step, the last included (whose
     own std is 0). log_prob_std_min (DPPO 0.1): floor on the std used for scoring; see `score`.
     """
@@ -379,6 +379,7 @@ class DiffusionSampler(_ChainSampler):
         clip_sample: float | None = 1.0,
         std_min: float = 0.0,
         log_prob_std_min: float = 0.0,
+        deterministic_mean: str = "ddim",
     ) -> None:
         from diffusers import DDPMScheduler  # heavy import, only when a diffusion policy is used
 
@@ -393,32 +394,41 @@ class DiffusionSampler(_ChainSampler):
             raise ValueError(f"eta must be in [0, 1], got {eta}")
         if std_min < 0 or log_prob_std_min < 0:
             raise ValueError("std_min and log_prob_std_min must be >= 0")
+        if deterministic_mean not in ("ddim", "posterior"):
+            raise ValueError(
+                f"deterministic_mean must be 'ddim' or 'posterior': {deterministic_mean}"
+            )
         sched = DDPMScheduler(num_train_timesteps=num_train_steps, beta_schedule=beta_schedule)
         self.betas = sched.betas.double()
         self.alphas_cumprod = sched.alphas_cumprod.double()
         self.num_train_steps, self.num_steps, self.mode = num_train_steps, k_steps, mode
         self.eta, self.clip_sample = eta, clip_sample
         self.std_min, self.log_prob_std_min = std_min, log_prob_std_min
+        self.deterministic_mean = deterministic_mean
         ratio = num_train_steps // k_steps
         self.timesteps = [i * ratio for i in reversed(range(k_steps))]
         ac = self.alphas_cumprod.tolist()
         self._t = [float(t) for t in self.timesteps]
-        self._sab, self._s1mab, self._sabp = [], [], []
-        self._c_x0, self._c_x, self._std, self._dir, self._dir0 = [], [], [], [], []
+        rows = []
         for t in self.timesteps:
             ab = ac[t]
             abp = ac[t - ratio] if t - ratio >= 0 else 1.0
             var = (1.0 - abp) / (1.0 - ab) * (1.0 - ab / abp)  # beta_tilde (0 at the last step)
-            self._sab.append(math.sqrt(ab))
-            self._s1mab.append(math.sqrt(1.0 - ab))
-            self._sabp.append(math.sqrt(abp))
-            # DDPM posterior mean coefficients on x0_hat and x_t.
-            self._c_x0.append(math.sqrt(abp) * (1.0 - ab / abp) / (1.0 - ab))
-            self._c_x.append(math.sqrt(ab / abp) * (1.0 - abp) / (1.0 - ab))
             sig2 = var if mode == "ddpm" else eta**2 * var
-            self._std.append(math.sqrt(sig2))
-            self._dir.append(math.sqrt(max(1.0 - abp - sig2, 0.0)))
-            self._dir0.append(math.sqrt(1.0 - abp))
+            rows.append((
+                math.sqrt(ab), math.sqrt(1.0 - ab), math.sqrt(abp),
+                math.sqrt(abp) * (1.0 - ab / abp) / (1.0 - ab),  # DDPM posterior coef on x0_hat
+                math.sqrt(ab / abp) * (1.0 - abp) / (1.0 - ab),  # ... and on x_t
+                math.sqrt(sig2),
+                math.sqrt(max(1.0 - abp - sig2, 0.0)),  # DDIM direction coef (eta)
+                math.sqrt(1.0 - abp),  # DDIM direction coef (eta = 0)
+            ))  # fmt: skip
+        (self._sab, self._s1mab, self._sabp, self._c_x0, self._c_x,
+         self._std, self._dir, self._dir0) = map(list, zip(*rows, strict=True))  # fmt: skip
+
+    @property
+    def stochastic(self) -> bool:
+        return self.mode == "ddpm" or self.eta > 0 or self.std_min > 0
 
     def transition(
         self,
@@ -437,7 +447,7 @@ class DiffusionSampler(_ChainSampler):
         if self.clip_sample is not None:
             x0_hat = x0_hat.clamp(-self.clip_sample, self.clip_sample)
             eps = (x - sab * x0_hat) / s1mab  # consistent with the clipped x0_hat (DDIM)
-        if self.mode == "ddpm":
+        if self.mode == "ddpm" and not (deterministic and self.deterministic_mean == "ddim"):
             mean = _at(self._c_x0, k, x) * x0_hat + _at(self._c_x, k, x) * x
         else:
             direction = _at(self._dir0 if deterministic else self._dir, k, x)
