@@ -13,6 +13,11 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def usual_permissions(path: Path) -> None:
+    """Temp files and dirs are made private (0600/0700); give the umask's usual modes."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_UMASK)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp_path)`, fsync, then rename over `path` (same directory, so atomic)."""
     path = Path(path)
@@ -22,7 +27,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
                                dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+    usual_permissions(tmp_path)
     try:
         write(tmp_path)
         with open(tmp_path, "rb+") as f:

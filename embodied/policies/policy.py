@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from embodied.core.errors import ConfigError
+from embodied.core.io import usual_permissions
 from embodied.policies.config import PolicyConfig
 from embodied.policies.encoders import MultiModalEncoder, StateEncoder
 from embodied.policies.nets import GaussianMLP, NoiseHead, build_denoiser
@@ -228,6 +229,8 @@ class ChunkPolicy(nn.Module):
             (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
             state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_FILE))
+            for item in (tmp, tmp / CONFIG_FILE, tmp / WEIGHTS_FILE):
+                usual_permissions(item)
             old = path.with_name(f".{path.name}.old")
             if path.exists():
                 shutil.rmtree(old, ignore_errors=True)
