@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from embodied.core.errors import ConfigError
-from embodied.data.experts import expert_names, make_expert
+from embodied.data.experts import expert_names, expert_success, make_expert
 from embodied.envs import make_env, task_names
 
 TASKS = ["push_cube", "pick_place", "peg_insert"]
@@ -17,23 +17,7 @@ MIN_HALF = {"push_cube": 0.02, "pick_place": 0.02, "peg_insert": 0.01}
 
 
 def first_episode_success(task: str, num_envs: int, noise: float, seed: int = 0) -> torch.Tensor:
-    """Run the expert until every env finished one episode; success of each first episode."""
-    env = make_env(task, num_envs=num_envs)
-    expert = make_expert(task, num_envs, noise=noise,
-                         generator=torch.Generator().manual_seed(seed + 1))
-    obs = env.reset(seed=seed)["state"]
-    finished = torch.zeros(num_envs, dtype=torch.bool)
-    success = torch.zeros(num_envs, dtype=torch.bool)
-    while not finished.all():
-        out, _, terminated, truncated, info = env.step(expert.act(obs))
-        obs = out["state"]
-        done = terminated | truncated
-        if done.any():
-            first = done & ~finished
-            success[first] = info["episode_success"][first]
-            finished |= done
-            expert.reset(done.nonzero().squeeze(-1))
-    return success
+    return expert_success(task, num_envs, noise=noise, seed=seed)
 
 
 def test_registered_with_layout_and_cameras():

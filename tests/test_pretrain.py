@@ -88,3 +88,24 @@ def test_cli_pretrain_then_eval(reach_data, tmp_path):
     evaluation = json.loads(result.stdout.strip().splitlines()[-1])
     assert evaluation["episodes"] == 20 and evaluation["success_rate"] >= 0.8
     assert (tmp_path / "eval" / "videos" / "eval.mp4").stat().st_size > 1000
+
+
+def test_image_policy_trains_and_runs_from_camera_datasets(tmp_path):
+    from embodied.rollout import evaluate
+
+    root = tmp_path / "cam"
+    collect("reach", 4, root, num_envs=4, cameras=("top",), image_size=32, progress=False)
+    dataset = EpisodeDataset(root)
+    assert dataset.episode(0)["observation.images.top"].shape[1:] == (32, 32, 3)
+    config = PolicyConfig(kind="flow", obs_dim=8, action_dim=2, horizon=4, n_action_steps=2,
+                          n_obs_steps=2, cameras=["top"], image_size=32)
+    policy = ChunkPolicy(config)
+    policy.fit_normalizers(dataset.stats)
+    windows = ChunkWindows(dataset, 2, 4, cameras=("top",))
+    obs, actions = windows.sample(8, torch.Generator().manual_seed(0))
+    assert obs["rgb_top"].shape == (8, 2, 32, 32, 3) and obs["rgb_top"].dtype == torch.uint8
+    trainer = BCTrainer(policy, windows, BCConfig(steps=3, batch_size=8, eval_every=0,
+                                                  video=False), tmp_path / "run")
+    trainer.train(progress=False)
+    result = evaluate(ChunkPolicy.from_pretrained(tmp_path / "run" / "policy"), "reach", 4)
+    assert result["episodes"] == 4
