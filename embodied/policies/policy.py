@@ -83,11 +83,16 @@ class ChunkPolicy(nn.Module):
                                     num_steps=num_steps, mode=mode, **kwargs)
         return FlowSampler(num_steps, mode=mode, **kwargs)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """float32 normally; `policy.double()` makes chains float64 (exact PPO ratios)."""
+        return self.obs_normalizer.shift.dtype
+
     # --- conditioning -------------------------------------------------------------------
     def encode(self, obs: Obs | torch.Tensor) -> torch.Tensor:
         """Normalised observation history -> conditioning [B, C]."""
         obs = self._as_history(obs)
-        state = self.obs_normalizer.normalize(obs["state"].float())
+        state = self.obs_normalizer.normalize(obs["state"].to(self.dtype))
         if self.config.cameras:
             return self.encoder({**obs, "state": state})
         return self.encoder(state)
@@ -149,7 +154,7 @@ class ChunkPolicy(nn.Module):
         denoise_fn, noise_fn = self._fns(cond)
         shape = (cond.shape[0], self.config.horizon, self.config.action_dim)
         chain = self.sampler.sample(denoise_fn, noise_fn, shape, generator=generator,
-                                    deterministic=deterministic)
+                                    deterministic=deterministic, dtype=self.dtype)
         return self.to_env_actions(chain.action), chain
 
     def log_prob(self, obs: Obs | torch.Tensor, chain: Chain) -> torch.Tensor:
@@ -164,7 +169,7 @@ class ChunkPolicy(nn.Module):
         after the chain (documented, so the log-likelihood is of what the sampler drew).
         """
         actions = self.action_normalizer.unnormalize(x[:, : self.config.n_action_steps])
-        return actions.clamp(-1.0, 1.0)
+        return actions.clamp(-1.0, 1.0).float()
 
     # --- behaviour cloning --------------------------------------------------------------
     def bc_loss(self, obs: Obs | torch.Tensor, actions: torch.Tensor,

@@ -1,0 +1,379 @@
+"""One PPO core for chain policies (flow / diffusion), shared by ReinFlow, Flow-Noise,
+Flow-SDE and GRPO-style variants, which differ only in their config.
+
+Shapes: N envs, T decisions per env per iteration, Ta executed actions per decision,
+K denoising steps, Tp predicted steps, Da action dims, Do obs dims.
+
+One decision = one policy call = one chunk of Ta env steps. Its reward is the sum of the
+rewards of the executed steps; GAE runs over decisions. If an env's episode ends inside a
+chunk, the decision ends the episode (terminated, or truncated with the final observation's
+value bootstrapped); the leftover actions of that chunk still step the env's next episode
+(the batch steps together) but count for no decision.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from embodied.algos.common import (
+    approx_kl,
+    clipped_surrogate,
+    explained_variance,
+    gae,
+    group_advantages,
+    value_loss,
+)
+from embodied.core.errors import ConfigError, EmbodiedError
+from embodied.core.io import atomic_write
+from embodied.core.runlog import RunLogger, plot_curve
+from embodied.envs import make_env
+from embodied.policies.nets import ValueMLP
+from embodied.policies.policy import ChunkPolicy
+from embodied.policies.samplers import Chain
+
+
+class TrainingDiverged(EmbodiedError):
+    """A check that must hold during training failed; the last checkpoint is intact."""
+
+
+@dataclass
+class ChainPPOConfig:
+    sampler: str = "learned_noise"
+    """Stochastic sampler for rollouts and ratios: learned_noise (ReinFlow, Flow-Noise),
+    sde / sde_hybrid (Flow-SDE), ddpm / ddim (diffusion chains)."""
+    sampler_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_steps: int | None = None
+    """Denoising steps K for fine-tuning (None: the base policy's)."""
+    num_envs: int = 64
+    decisions_per_iteration: int = 16
+    iterations: int = 100
+    gamma: float = 0.99
+    """Discount per decision (chunk)."""
+    lam: float = 0.95
+    advantage: str = "gae"
+    """gae (with a critic) or grpo (group-relative episode returns, no critic)."""
+    clip: float = 0.01
+    dual_clip: float | None = None
+    epochs: int = 5
+    minibatch_size: int = 256
+    actor_lr: float = 4.5e-5
+    critic_lr: float = 6.5e-4
+    value_loss: str = "mse"
+    value_clip: float | None = None
+    bc_coef: float = 0.0
+    """Weight of MSE between deterministic actions of base and fine-tuned policy (same x0)."""
+    target_kl: float | None = None
+    max_grad_norm: float = 1.0
+    normalize_advantages: bool = True
+    reward_scale: float = 1.0
+    critic_warmup_iterations: int = 0
+    eval_every: int = 10
+    eval_episodes: int = 100
+    checkpoint_every: int = 10
+    seed: int = 0
+    video: bool = True
+    float64: bool = False
+    """Run policy and critic in float64: the first-minibatch ratio is then 1 to ~1e-12
+    instead of float32 reduction-order noise (~1e-5 for 64-dim, 8-step chains)."""
+
+    def __post_init__(self) -> None:
+        if self.advantage not in ("gae", "grpo"):
+            raise ConfigError(f"advantage must be gae or grpo, got {self.advantage!r}")
+        if self.value_loss not in ("mse", "huber"):
+            raise ConfigError(f"value_loss must be mse or huber, got {self.value_loss!r}")
+
+
+@dataclass
+class Rollout:
+    """Decisions of one iteration, flattened to [T*N, ...] by `flat()`."""
+
+    obs: torch.Tensor            # [T, N, Do]
+    states: torch.Tensor         # [T, N, K+1, Tp, Da]
+    log_probs: torch.Tensor      # [T, N, K]
+    sde_step: torch.Tensor | None
+    values: torch.Tensor         # [T, N]
+    rewards: torch.Tensor        # [T, N]
+    next_values: torch.Tensor    # [T, N]
+    episode_end: torch.Tensor    # [T, N]
+
+
+class ChainPPO:
+    def __init__(self, base: ChunkPolicy, task: str, config: ChainPPOConfig,
+                 run_dir: str | Path, task_options: dict | None = None) -> None:
+        self.cfg, self.task, self.task_options = config, task, task_options or {}
+        self.run_dir = Path(run_dir)
+        overrides = {"sampler": config.sampler, "sampler_kwargs": config.sampler_kwargs,
+                     "noise_head": config.sampler == "learned_noise"}
+        if config.num_steps is not None:
+            overrides["num_steps"] = config.num_steps
+        self.policy = _with_sampler(base, overrides)
+        self.base = copy.deepcopy(self.policy).eval() if config.bc_coef > 0 else None
+        self.policy.eval()  # no augmentation or dropout: rollout and update must agree
+        feat_dim = self.policy.encoder.out_dim
+        self.critic = ValueMLP(feat_dim)
+        if config.float64:
+            self.policy.double()
+            self.critic.double()
+        actor_params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.actor_opt = torch.optim.Adam(actor_params, lr=config.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.env = make_env(task, num_envs=config.num_envs, **self.task_options)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.iteration = 0
+        self.env_steps = 0
+        # Transitions that enter the ratio (all of them; DPPO's last-K' variant is to come).
+        self.trained_steps = slice(0, self.policy.sampler.num_steps)
+        self._obs = self.env.reset(seed=config.seed)
+        self.state_path = self.run_dir / "checkpoints" / "train_state.pt"
+
+    # --- rollout ------------------------------------------------------------------------
+    def _value(self, obs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.critic(self.policy.encode(obs)).to(self.policy.dtype)
+
+    @torch.no_grad()
+    def collect(self) -> tuple[Rollout, dict[str, float]]:
+        cfg, env, policy = self.cfg, self.env, self.policy
+        n, ta = cfg.num_envs, policy.config.n_action_steps
+        rows: dict[str, list] = {k: [] for k in
+                                 ("obs", "states", "log_probs", "sde", "values", "rewards",
+                                  "terminated", "truncated", "final_values")}
+        returns, successes = [], []
+        for _ in range(cfg.decisions_per_iteration):
+            obs = self._obs["state"]
+            chunk, chain = policy.sample(obs, generator=self.generator)
+            rows["obs"].append(obs)
+            rows["states"].append(chain.states)
+            rows["log_probs"].append(chain.log_probs)
+            rows["sde"].append(chain.sde_step)
+            rows["values"].append(self._value(obs))
+            reward = torch.zeros(n, dtype=self.policy.dtype)
+            alive = torch.ones(n, dtype=torch.bool)
+            terminated = torch.zeros(n, dtype=torch.bool)
+            truncated = torch.zeros(n, dtype=torch.bool)
+            final_obs = torch.zeros_like(obs)
+            for j in range(ta):
+                self._obs, r, term, trunc, info = env.step(chunk[:, j])
+                self.env_steps += n
+                reward += r * alive * cfg.reward_scale
+                ended = (term | trunc) & alive
+                if ended.any():
+                    terminated |= term & alive
+                    truncated |= trunc & alive
+                    final_obs[ended] = info["final_obs"]["state"][ended]
+                    returns += info["episode_return"][ended].tolist()
+                    successes += info["episode_success"][ended].tolist()
+                    alive &= ~ended
+            rows["rewards"].append(reward)
+            rows["terminated"].append(terminated)
+            rows["truncated"].append(truncated)
+            rows["final_values"].append(self._value(final_obs))
+        values = torch.stack(rows["values"])
+        final_values = torch.stack(rows["final_values"])
+        terminated, truncated = torch.stack(rows["terminated"]), torch.stack(rows["truncated"])
+        following = torch.cat([values[1:], self._value(self._obs["state"])[None]])
+        next_values = torch.where(truncated, final_values, following)
+        next_values = torch.where(terminated, torch.zeros_like(next_values), next_values)
+        rollout = Rollout(
+            obs=torch.stack(rows["obs"]), states=torch.stack(rows["states"]),
+            log_probs=torch.stack(rows["log_probs"]),
+            sde_step=None if rows["sde"][0] is None else torch.stack(rows["sde"]),
+            values=values, rewards=torch.stack(rows["rewards"]), next_values=next_values,
+            episode_end=terminated | truncated)
+        stats = {"episodes": len(returns)}
+        if returns:
+            stats.update(train_return=sum(returns) / len(returns),
+                         train_success=sum(successes) / len(successes))
+        return rollout, stats
+
+    # --- update -------------------------------------------------------------------------
+    def advantages(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.advantage == "grpo":
+            # Group = the decisions of one env in this iteration; R = its return-to-go.
+            rtg = torch.zeros_like(ro.rewards)
+            running = torch.zeros_like(ro.rewards[0])
+            for t in reversed(range(ro.rewards.shape[0])):
+                running = ro.rewards[t] + self.cfg.gamma * (~ro.episode_end[t]) * running
+                rtg[t] = running
+            groups = torch.arange(rtg.shape[1]).expand_as(rtg)
+            adv = group_advantages(rtg.flatten(), groups.flatten()).view_as(rtg)
+            return adv, rtg
+        return gae(ro.rewards, ro.values, ro.next_values, ro.episode_end,
+                   self.cfg.gamma, self.cfg.lam)
+
+    def update(self, ro: Rollout) -> dict[str, float]:
+        cfg = self.cfg
+        adv, returns = self.advantages(ro)
+        flat = lambda x: x.flatten(0, 1)  # noqa: E731 - [T, N, ...] -> [T*N, ...]
+        obs, states, old_lp_steps = flat(ro.obs), flat(ro.states), flat(ro.log_probs)
+        sde = None if ro.sde_step is None else flat(ro.sde_step)
+        adv, returns, old_values = flat(adv), flat(returns), flat(ro.values)
+        old_lp = old_lp_steps[:, self.trained_steps].sum(-1)
+        if cfg.normalize_advantages:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        total = obs.shape[0]
+        metrics: dict[str, list[float]] = {}
+        first = True
+        update_actor = self.iteration >= cfg.critic_warmup_iterations
+        for _epoch in range(cfg.epochs):
+            order = torch.randperm(total, generator=self.generator)
+            kls = []
+            for start in range(0, total, cfg.minibatch_size):
+                idx = order[start:start + cfg.minibatch_size]
+                chain = Chain(states[idx], old_lp_steps[idx], None if sde is None else sde[idx])
+                new_lp = self.policy.log_prob(obs[idx], chain)[:, self.trained_steps].sum(-1)
+                log_ratio = new_lp - old_lp[idx]
+                if first:
+                    self._check_first_ratio(log_ratio)
+                    first = False
+                policy_loss = clipped_surrogate(log_ratio, adv[idx], cfg.clip, cfg.dual_clip)
+                loss = policy_loss + self._bc_loss(obs[idx], chain)
+                values = self.critic(self.policy.encode(obs[idx]).detach())
+                v_loss = value_loss(values, returns[idx], old_values[idx], cfg.value_clip,
+                                    1.0 if cfg.value_loss == "huber" else None)
+                if not (torch.isfinite(loss) and torch.isfinite(v_loss)):
+                    raise TrainingDiverged(f"loss is not finite at iteration {self.iteration}; "
+                                           "the last checkpoint is kept (lower the actor lr?)")
+                self.actor_opt.zero_grad(set_to_none=True)
+                self.critic_opt.zero_grad(set_to_none=True)
+                (loss * update_actor + v_loss).backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
+                if update_actor:
+                    self.actor_opt.step()
+                self.critic_opt.step()
+                kl = approx_kl(log_ratio.detach()).item()
+                kls.append(kl)
+                for key, value in (("policy_loss", policy_loss.item()),
+                                   ("value_loss", v_loss.item()), ("approx_kl", kl),
+                                   ("clip_fraction", ((log_ratio.exp() - 1).abs() > cfg.clip)
+                                    .float().mean().item()),
+                                   ("log_ratio_abs", log_ratio.abs().mean().item())):
+                    metrics.setdefault(key, []).append(value)
+            if cfg.target_kl is not None and sum(kls) / len(kls) > cfg.target_kl:
+                break  # KL early stop
+        out = {k: sum(v) / len(v) for k, v in metrics.items()}
+        out["explained_variance"] = explained_variance(old_values, returns)
+        out["log_prob_min"] = old_lp.min().item()
+        out["log_prob_max"] = old_lp.max().item()
+        return out
+
+    def _check_first_ratio(self, log_ratio: torch.Tensor) -> None:
+        if not torch.isfinite(log_ratio).all():
+            raise TrainingDiverged("non-finite log-probabilities in the first minibatch")
+        worst = log_ratio.abs().max().item()
+        tolerance = 1e-9 if self.cfg.float64 else 1e-4  # float32: reduction-order noise
+        if worst > tolerance:
+            raise TrainingDiverged(
+                f"PPO ratio is not 1 on the first minibatch (max |log ratio| = {worst:.2e}): "
+                "rollout and update score the chain differently (sampler settings, dropout, "
+                "augmentation, or a changed time grid); nothing was updated")
+
+    def _bc_loss(self, obs: torch.Tensor, chain: Chain) -> torch.Tensor:
+        if self.base is None or self.cfg.bc_coef == 0:
+            return torch.zeros(())
+        x0 = chain.states[:, 0]
+        mine = _deterministic_action(self.policy, obs, x0)
+        with torch.no_grad():
+            ref = _deterministic_action(self.base, obs, x0)
+        return self.cfg.bc_coef * (mine - ref).square().mean()
+
+    # --- loop ---------------------------------------------------------------------------
+    def train(self, progress: bool = True) -> dict[str, Any]:
+        from embodied.rollout import evaluate
+
+        logger = RunLogger(self.run_dir)
+        start = time.time()
+        timing = {"sim_policy": 0.0, "update": 0.0}
+        before = after = None
+        bar = tqdm(total=self.cfg.iterations, initial=self.iteration, desc="finetune",
+                   unit="it", disable=not progress)
+        try:
+            while self.iteration < self.cfg.iterations:
+                if self.cfg.eval_every and self.iteration % self.cfg.eval_every == 0:
+                    result = self.evaluate(evaluate)
+                    before = before or result
+                    logger.log(self.env_steps, success_rate=result["success_rate"],
+                               return_mean=result["return_mean"], iteration=self.iteration)
+                    bar.write(f"iteration {self.iteration}: success "
+                              f"{result['success_rate']:.2f} (env steps {self.env_steps})")
+                t0 = time.time()
+                rollout, stats = self.collect()
+                t1 = time.time()
+                metrics = self.update(rollout)
+                t2 = time.time()
+                timing["sim_policy"] += t1 - t0
+                timing["update"] += t2 - t1
+                self.iteration += 1
+                logger.log(self.env_steps, iteration=self.iteration, **stats, **metrics)
+                bar.update(1)
+                bar.set_postfix(success=f"{stats.get('train_success', float('nan')):.2f}",
+                                kl=f"{metrics['approx_kl']:.1e}")
+                if self.iteration % self.cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        after = self.evaluate(evaluate)
+        logger.log(self.env_steps, success_rate=after["success_rate"],
+                   return_mean=after["return_mean"], iteration=self.iteration)
+        logger.close()
+        self.save_checkpoint()
+        curve = plot_curve(self.run_dir, "success_rate", title=f"fine-tuning on {self.task}")
+        return {"task": self.task, "iterations": self.iteration, "env_steps": self.env_steps,
+                "success_before": before["success_rate"] if before else None,
+                "success_after": after["success_rate"], "episodes": after["episodes"],
+                "seconds": round(time.time() - start, 1),
+                "seconds_sim_and_policy": round(timing["sim_policy"], 1),
+                "seconds_update": round(timing["update"], 1),
+                "curve": str(curve) if curve else None, "policy": str(self.run_dir / "policy")}
+
+    def evaluate(self, evaluate_fn) -> dict[str, Any]:
+        video = (self.run_dir / "videos" / f"iter{self.iteration:05d}.mp4"
+                 if self.cfg.video else None)
+        return evaluate_fn(self.policy, self.task, self.cfg.eval_episodes, seed=10_000,
+                           task_options=self.task_options, video_path=video)
+
+    def save_checkpoint(self) -> None:
+        self.policy.save_pretrained(self.run_dir / "policy")
+        state = {"iteration": self.iteration, "env_steps": self.env_steps,
+                 "policy": self.policy.state_dict(), "critic": self.critic.state_dict(),
+                 "actor_opt": self.actor_opt.state_dict(),
+                 "critic_opt": self.critic_opt.state_dict(),
+                 "generator": self.generator.get_state(), "config": asdict(self.cfg)}
+        atomic_write(self.state_path, lambda tmp: torch.save(state, tmp))
+
+    def load_checkpoint(self) -> None:
+        """Continue from the last checkpoint (envs restart from a fresh reset)."""
+        state = torch.load(self.state_path, weights_only=False)
+        self.policy.load_state_dict(state["policy"])
+        self.critic.load_state_dict(state["critic"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.generator.set_state(state["generator"])
+        self.iteration, self.env_steps = state["iteration"], state["env_steps"]
+
+
+def _with_sampler(policy: ChunkPolicy, overrides: dict[str, Any]) -> ChunkPolicy:
+    """A copy of `policy` rebuilt with another sampler (and a fresh noise head if asked)."""
+    from embodied.policies.config import PolicyConfig
+
+    config = PolicyConfig.from_dict({**policy.config.to_dict(), **overrides})
+    new = ChunkPolicy(config)
+    missing, unexpected = new.load_state_dict(policy.state_dict(), strict=False)
+    missing = [k for k in missing if not k.startswith("noise_head.")]
+    if missing or unexpected:
+        raise ConfigError(f"cannot move the base policy to {overrides}: {missing} {unexpected}")
+    return new
+
+
+def _deterministic_action(policy: ChunkPolicy, obs: torch.Tensor, x0: torch.Tensor):
+    denoise_fn, _ = policy._fns(policy.encode(obs))
+    chain = policy.sampler.sample(denoise_fn, None, tuple(x0.shape), deterministic=True, x0=x0)
+    return chain.action
