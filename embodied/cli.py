@@ -16,6 +16,7 @@ commands:
   collect   run a task's expert in batched envs and write a LeRobot v3 dataset (+ videos)
   pretrain  behaviour-clone a flow / shortcut / diffusion / Gaussian policy from a dataset
   eval      success rate of a saved policy in batched envs (+ video)
+  finetune  PPO fine-tuning of a flow/diffusion policy (ReinFlow, Flow-SDE, GRPO); preview
   tasks     list the registered tasks
 
 examples:
@@ -32,7 +33,8 @@ def _commands() -> dict[str, Callable]:
     from embodied.envs.registry import list_tasks_command
 
     return {"collect": commands.collect_command, "pretrain": commands.pretrain_command,
-            "eval": commands.eval_command, "tasks": list_tasks_command}
+            "eval": commands.eval_command, "finetune": commands.finetune_command,
+            "tasks": list_tasks_command}
 
 
 def main(argv: list[str] | None = None) -> int:

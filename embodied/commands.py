@@ -95,3 +95,20 @@ def eval_command(cfg: DictConfig) -> dict[str, Any]:
         print(f"video: {video}")
     print(json.dumps(result))
     return result
+
+
+def finetune_command(cfg: DictConfig) -> dict[str, Any]:
+    from embodied.algos.chain_ppo import ChainPPO, ChainPPOConfig
+    from embodied.policies.policy import ChunkPolicy
+
+    run_dir = _start_run(cfg)
+    base = ChunkPolicy.from_pretrained(cfg.base)
+    config = ChainPPOConfig(**OmegaConf.to_container(cfg.algo, resolve=True))
+    algo = ChainPPO(base, cfg.task.name, config, run_dir, task_options=_options(cfg))
+    print(f"finetune {cfg.task.name} from {cfg.base} with {config.sampler} PPO -> {run_dir}")
+    summary = algo.train()
+    atomic_write_json(run_dir / "summary.json", summary)
+    print(f"success {summary['success_before']:.0%} -> {summary['success_after']:.0%} over "
+          f"{summary['episodes']} episodes; curve: {summary['curve']}")
+    print(json.dumps(summary))
+    return summary

@@ -66,3 +66,21 @@ def test_end_to_end_iteration_writes_run_dir(tmp_path):
     assert not any("normalizer" in k for k in changed)
     assert (tmp_path / "policy" / "model.safetensors").exists()
     assert (tmp_path / "checkpoints" / "train_state.pt").exists()
+
+
+def test_cli_finetune_smoke(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    base_policy("flow", 2).save_pretrained(tmp_path / "base")
+    cmd = [sys.executable, "-m", "embodied.cli", "finetune", "task=reach", "algo=flow_sde",
+           f"base={tmp_path / 'base'}", f"run_dir={tmp_path / 'run'}", "algo.iterations=2",
+           "algo.num_envs=8", "algo.decisions_per_iteration=4", "algo.eval_every=1",
+           "algo.eval_episodes=8", "algo.video=false", "algo.minibatch_size=16"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["iterations"] == 2 and summary["episodes"] == 8
+    assert 0.0 <= summary["success_before"] <= 1.0 and 0.0 <= summary["success_after"] <= 1.0
+    assert (tmp_path / "run" / "curve.png").exists()
