@@ -325,7 +325,8 @@ class ChainPPO:
                    return_mean=after["return_mean"], iteration=self.iteration)
         logger.close()
         self.save_checkpoint()
-        curve = plot_curve(self.run_dir, "success_rate", title=f"fine-tuning on {self.task}")
+        curve = plot_curve(self.run_dir, "success_rate", title=f"fine-tuning on {self.task}",
+                           xlabel="env steps")
         return {"task": self.task, "iterations": self.iteration, "env_steps": self.env_steps,
                 "success_before": before["success_rate"] if before else None,
                 "success_after": after["success_rate"], "episodes": after["episodes"],
@@ -349,15 +350,6 @@ class ChainPPO:
                  "generator": self.generator.get_state(), "config": asdict(self.cfg)}
         atomic_write(self.state_path, lambda tmp: torch.save(state, tmp))
 
-    def load_checkpoint(self) -> None:
-        """Continue from the last checkpoint (envs restart from a fresh reset)."""
-        state = torch.load(self.state_path, weights_only=False)
-        self.policy.load_state_dict(state["policy"])
-        self.critic.load_state_dict(state["critic"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.generator.set_state(state["generator"])
-        self.iteration, self.env_steps = state["iteration"], state["env_steps"]
 
 
 def _with_sampler(policy: ChunkPolicy, overrides: dict[str, Any]) -> ChunkPolicy:

@@ -43,7 +43,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_curve(run_dir: str | Path, key: str, out_name: str = "curve.png",
-               title: str = "") -> Path | None:
+               title: str = "", xlabel: str = "step") -> Path | None:
     """A PNG of `key` against step from metrics.jsonl (None if nothing was logged)."""
     rows = [r for r in read_metrics(run_dir) if key in r]
     if not rows:
@@ -57,7 +57,7 @@ def plot_curve(run_dir: str | Path, key: str, out_name: str = "curve.png",
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker="o")
-    ax.set_xlabel("step")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(key)
     ax.set_title(title or key)
     ax.grid(alpha=0.3)
