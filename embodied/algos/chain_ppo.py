@@ -113,7 +113,7 @@ class ChainPPO:
                      "noise_head": config.sampler == "learned_noise"}
         if config.num_steps is not None:
             overrides["num_steps"] = config.num_steps
-        self.policy = _with_sampler(base, overrides)
+        self.policy = base.with_overrides(**overrides)
         self.base = copy.deepcopy(self.policy).eval() if config.bc_coef > 0 else None
         self.policy.eval()  # no augmentation or dropout: rollout and update must agree
         feat_dim = self.policy.encoder.out_dim
@@ -350,19 +350,6 @@ class ChainPPO:
                  "generator": self.generator.get_state(), "config": asdict(self.cfg)}
         atomic_write(self.state_path, lambda tmp: torch.save(state, tmp))
 
-
-
-def _with_sampler(policy: ChunkPolicy, overrides: dict[str, Any]) -> ChunkPolicy:
-    """A copy of `policy` rebuilt with another sampler (and a fresh noise head if asked)."""
-    from embodied.policies.config import PolicyConfig
-
-    config = PolicyConfig.from_dict({**policy.config.to_dict(), **overrides})
-    new = ChunkPolicy(config)
-    missing, unexpected = new.load_state_dict(policy.state_dict(), strict=False)
-    missing = [k for k in missing if not k.startswith("noise_head.")]
-    if missing or unexpected:
-        raise ConfigError(f"cannot move the base policy to {overrides}: {missing} {unexpected}")
-    return new
 
 
 def _deterministic_action(policy: ChunkPolicy, obs: torch.Tensor, x0: torch.Tensor):

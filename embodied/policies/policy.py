@@ -134,16 +134,13 @@ class ChunkPolicy(nn.Module):
         Flow/diffusion: the initial noise is drawn from `generator` (same seed, same
         actions); deterministic=True runs noise-free transitions (ODE / DDIM eta=0 mean).
         """
-        if self.config.kind == "gaussian":
-            mean, log_std = self.gaussian(self.encode(obs))
-            x = mean
-            if not deterministic:
-                x = mean + log_std.exp() * torch.randn(mean.shape, generator=generator)
-            x = x.view(-1, self.config.horizon, self.config.action_dim)
-        else:
-            x = self.sample(obs, generator=generator, deterministic=deterministic)[1].action
-            return self.to_env_actions(x)
-        return self.to_env_actions(x)
+        if self.config.kind != "gaussian":
+            return self.sample(obs, generator=generator, deterministic=deterministic)[0]
+        mean, log_std = self.gaussian(self.encode(obs))
+        x = mean
+        if not deterministic:
+            x = mean + log_std.exp() * torch.randn(mean.shape, generator=generator)
+        return self.to_env_actions(x.view(-1, self.config.horizon, self.config.action_dim))
 
     def sample(self, obs: Obs | torch.Tensor, generator: torch.Generator | None = None,
                deterministic: bool = False) -> tuple[torch.Tensor, Chain]:
@@ -262,16 +259,28 @@ class ChunkPolicy(nn.Module):
         if meta.get("format_version") != FORMAT_VERSION:
             raise ConfigError(f"{path}: checkpoint format {meta.get('format_version')}, this "
                               f"version reads {FORMAT_VERSION}")
-        config = PolicyConfig.from_dict({**meta["policy"], **overrides})
+        try:
+            return cls._build_with(meta["policy"], load_file(str(weights_file)), overrides)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    def with_overrides(self, **overrides: Any) -> ChunkPolicy:
+        """A new policy with config fields changed (e.g. a stochastic sampler and a fresh
+        noise head for RL) and these weights."""
+        return self._build_with(self.config.to_dict(), self.state_dict(), overrides)
+
+    @classmethod
+    def _build_with(cls, fields: dict[str, Any], state: dict[str, torch.Tensor],
+                    overrides: dict[str, Any]) -> ChunkPolicy:
+        config = PolicyConfig.from_dict({**fields, **overrides})
         policy = cls(config)
-        state = load_file(str(weights_file))
         try:
             missing, unexpected = policy.load_state_dict(state, strict=False)
         except RuntimeError as e:  # shape mismatches
-            raise ConfigError(f"{path}: weights do not fit the config ({e})") from None
-        if config.noise_head and not meta["policy"].get("noise_head"):
+            raise ConfigError(f"weights do not fit the config ({e})") from None
+        if config.noise_head and not fields.get("noise_head"):
             missing = [k for k in missing if not k.startswith("noise_head.")]  # fresh head
         if missing or unexpected:
-            raise ConfigError(f"{path}: weights do not fit the config (missing {missing[:5]}, "
+            raise ConfigError(f"weights do not fit the config (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]})")
         return policy.eval()
