@@ -98,17 +98,26 @@ def eval_command(cfg: DictConfig) -> dict[str, Any]:
 
 
 def finetune_command(cfg: DictConfig) -> dict[str, Any]:
-    from embodied.algos.chain_ppo import ChainPPO, ChainPPOConfig
+    from embodied.algos import make_finetune
     from embodied.policies.policy import ChunkPolicy
 
     run_dir = _start_run(cfg)
-    base = ChunkPolicy.from_pretrained(cfg.base)
-    config = ChainPPOConfig(**OmegaConf.to_container(cfg.algo, resolve=True))
-    algo = ChainPPO(base, cfg.task.name, config, run_dir, task_options=_options(cfg))
-    print(f"finetune {cfg.task.name} from {cfg.base} with {config.sampler} PPO -> {run_dir}")
+    settings = OmegaConf.to_container(cfg.algo, resolve=True)
+    name = settings.pop("algorithm")
+    base = ChunkPolicy.from_pretrained(cfg.base) if cfg.base else None
+    algo = make_finetune(name, base, cfg.task.name, settings, run_dir, _options(cfg))
+    if cfg.resume and algo.resume():
+        print(f"resuming {run_dir} from iteration {algo.iteration}")
+    print(f"finetune {cfg.task.name} from {cfg.base or 'scratch'} with {name} -> {run_dir}")
     summary = algo.train()
+    summary["algorithm"] = name
     atomic_write_json(run_dir / "summary.json", summary)
-    print(f"success {summary['success_before']:.0%} -> {summary['success_after']:.0%} over "
-          f"{summary['episodes']} episodes; curve: {summary['curve']}")
+    before = summary["success_before"]
+    print(f"success {'n/a' if before is None else f'{before:.0%}'} -> "
+          f"{summary['success_after']:.0%} over {summary['episodes']} episodes "
+          f"(same protocol, eval seed 10000)")
+    print(f"curve: {summary['curve']}")
+    if summary.get("video"):
+        print(f"video: {summary['video']}")
     print(json.dumps(summary))
     return summary

@@ -79,6 +79,7 @@ def evaluate(policy: Any, task: str, episodes: int = 50, *, max_envs: int = 64, 
         obs = env.reset(seed=seed + batch)
         runner = ChunkRunner(n, cfg.n_obs_steps, cfg.n_action_steps)
         runner.start(obs)
+        policy.reset(n)
         finished = torch.zeros(n, dtype=torch.bool)
         record = video_path is not None and batch == 0
         while not finished.all():
@@ -91,6 +92,7 @@ def evaluate(policy: Any, task: str, episodes: int = 50, *, max_envs: int = 64, 
             obs, _, terminated, truncated, info = env.step(runner.next_actions())
             runner.observe(obs)
             done = terminated | truncated
+            policy.end_episodes(done)
             if done.any():
                 ids = done.nonzero().flatten()
                 new = ids[~finished[ids]]

@@ -4,7 +4,8 @@ sampler and K, gradients reach only the intended parameters, and a run trains en
 import pytest
 import torch
 
-from embodied.algos.chain_ppo import ChainPPO, ChainPPOConfig, TrainingDiverged
+from embodied.algos import make_finetune
+from embodied.algos.chain_ppo import TrainingDiverged
 from embodied.policies.config import PolicyConfig
 from embodied.policies.policy import ChunkPolicy
 
@@ -20,12 +21,14 @@ def base_policy(kind, k):
     return ChunkPolicy(config)
 
 
-def make_algo(kind, sampler, k, tmp_path, **kw):
+SMALL = {"num_envs": 8, "decisions_per_iteration": 4, "minibatch_size": 16, "epochs": 1,
+         "eval_every": 0, "video": False, "float64": True}
+
+
+def make_algo(kind, sampler, k, tmp_path, algorithm="reinflow", **kw):
     sampler_kwargs = {"eta": 1.0} if sampler == "ddim" else {}
-    config = ChainPPOConfig(sampler=sampler, sampler_kwargs=sampler_kwargs, num_envs=8,
-                            decisions_per_iteration=4, minibatch_size=16, epochs=1,
-                            eval_every=0, video=False, **{"float64": True, **kw})
-    return ChainPPO(base_policy(kind, k), "reach", config, tmp_path)
+    settings = {"sampler": sampler, "sampler_kwargs": sampler_kwargs, **SMALL, **kw}
+    return make_finetune(algorithm, base_policy(kind, k), "reach", settings, tmp_path)
 
 
 @pytest.mark.parametrize("k", [1, 2, 4, 8])
@@ -84,3 +87,142 @@ def test_cli_finetune_smoke(tmp_path):
     assert summary["iterations"] == 2 and summary["episodes"] == 8
     assert 0.0 <= summary["success_before"] <= 1.0 and 0.0 <= summary["success_after"] <= 1.0
     assert (tmp_path / "run" / "curve.png").exists()
+
+
+def _first_log_ratio(algo):
+    from embodied.policies.samplers import Chain
+
+    rollout, _ = algo.collect()
+    sde = None if rollout.sde_step is None else rollout.sde_step.flatten(0, 1)
+    chain = Chain(rollout.states.flatten(0, 1), rollout.log_probs.flatten(0, 1), sde)
+    new = algo.policy.log_prob(rollout.obs.flatten(0, 1), chain, algo.first_trained)
+    return rollout, new - chain.log_probs[:, algo.first_trained:]
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 8])
+@pytest.mark.parametrize("algorithm", ["dppo", "dppo_one_step", "resip", "flow_noise"])
+def test_ratio_is_one_for_every_algorithm(algorithm, k, tmp_path):
+    if algorithm.startswith("dppo"):
+        k_ft = 1 if algorithm == "dppo_one_step" else min(2, k)
+        algo = make_algo("diffusion", "ddim", k, tmp_path, "dppo", finetune_steps=k_ft,
+                         sampler_kwargs={"eta": 1.0, "std_min": 0.1, "log_prob_std_min": 0.1})
+        assert algo.first_trained == k - k_ft
+    elif algorithm == "resip":
+        algo = make_algo("flow", "ode", k, tmp_path, "resip")
+    else:
+        algo = make_algo("flow", "learned_noise", k, tmp_path, algorithm)
+    rollout, log_ratio = _first_log_ratio(algo)
+    assert torch.isfinite(log_ratio).all() and log_ratio.abs().max() < 1e-5
+    metrics = algo.update(rollout)  # runs the built-in check too
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+
+
+def test_gaussian_ppo_ratio_and_learning_signal(tmp_path):
+    algo = make_algo("flow", "gaussian", 1, tmp_path, "gaussian_ppo")
+    rollout, log_ratio = _first_log_ratio(algo)
+    assert log_ratio.abs().max() < 1e-5
+    before = [p.clone() for p in algo.policy.parameters()]
+    algo.update(rollout)
+    assert any(not torch.equal(a, b) for a, b in zip(before, algo.policy.parameters(), strict=True))
+
+
+def test_dppo_trains_only_the_last_steps(tmp_path):
+    """K = 4, K' = 2: the frozen prefix never changes, and the first two transitions of a
+    seeded chain are identical before and after an update; the last two move."""
+    algo = make_algo("diffusion", "ddim", 4, tmp_path, "dppo", finetune_steps=2, epochs=2,
+                     actor_lr=1e-3, sampler_kwargs={"eta": 1.0, "std_min": 0.1,
+                                                    "log_prob_std_min": 0.1})
+    policy = algo.policy
+    frozen = {k: v.clone() for k, v in policy.state_dict().items() if k.startswith("frozen.")}
+    assert frozen and all(not p.requires_grad for p in policy.frozen.parameters())
+    obs = torch.randn(16, 8, dtype=torch.float64)
+
+    def chain():
+        return policy.sample(obs, generator=torch.Generator().manual_seed(3))[1].states
+
+    before = chain()
+    rollout, _ = algo.collect()
+    algo.update(rollout)
+    after = chain()
+    for k, v in policy.state_dict().items():
+        if k.startswith("frozen."):
+            assert torch.equal(v, frozen[k]), k
+    assert torch.equal(before[:, :3], after[:, :3])  # x_0 and the two frozen steps
+    assert not torch.allclose(before[:, 3:], after[:, 3:])
+
+
+def test_resip_leaves_the_base_untouched_and_starts_as_the_base(tmp_path):
+    algo = make_algo("flow", "ode", 2, tmp_path, "resip", epochs=2, actor_lr=1e-3)
+    policy = algo.policy
+    base_state = {k: v.clone() for k, v in policy.base.state_dict().items()}
+    obs = torch.randn(8, 8, dtype=torch.float64)
+    policy.reset(8)
+    action = policy.act(obs, generator=torch.Generator().manual_seed(0))
+    policy.reset(8)
+    base = policy.base.act(obs, generator=torch.Generator().manual_seed(0))[:, :1]
+    assert torch.allclose(action, base)  # zero-initialised residual: a = a_base
+    rollout, _ = algo.collect()
+    algo.update(rollout)
+    for k, v in policy.base.state_dict().items():
+        assert torch.equal(v, base_state[k]), k
+    assert policy.residual.mean.weight.abs().sum() > 0  # the residual did learn
+
+
+def test_resip_base_queue_restarts_per_env():
+    from embodied.policies.residual import ResidualPolicy
+
+    policy = ResidualPolicy(base_policy("flow", 2))  # base Ta = 2
+    obs = torch.randn(3, 8)
+    policy.reset(3)
+    policy.act(obs)
+    assert policy._cursor.tolist() == [1, 1, 1]
+    policy.end_episodes(torch.tensor([False, True, False]))
+    assert policy._cursor.tolist() == [1, 2, 1]  # env 1 replans, the others play on
+    first_queue = policy._queue.clone()
+    policy.act(obs)
+    assert torch.equal(policy._queue[[0, 2]], first_queue[[0, 2]])
+    assert policy._cursor.tolist() == [2, 1, 2]
+
+
+def test_clip_schedule_has_no_zero_over_zero():
+    from embodied.algos.dppo import DPPOConfig
+
+    config = DPPOConfig(clip=0.01, clip_first=0.001)
+    assert config.clip_schedule(1).tolist() == [0.01]
+    clips = config.clip_schedule(4)
+    assert clips[0].item() == pytest.approx(0.001) and clips[-1].item() == pytest.approx(0.01)
+    assert (clips.diff() > 0).all()
+
+
+def test_resume_is_exact(tmp_path):
+    settings = {"iterations": 2, "checkpoint_every": 1, "eval_episodes": 4}
+    whole = make_algo("flow", "learned_noise", 2, tmp_path / "whole", **settings)
+    whole.train(progress=False)
+    first = make_algo("flow", "learned_noise", 2, tmp_path / "cut", **{**settings,
+                                                                         "iterations": 1})
+    first.train(progress=False)  # as if killed after the checkpoint of iteration 1
+    resumed = make_algo("flow", "learned_noise", 2, tmp_path / "cut", **settings)
+    assert resumed.resume() and resumed.iteration == 1
+    resumed.train(progress=False)
+    for (key, a), b in zip(whole.policy.state_dict().items(),
+                           resumed.policy.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+    assert torch.equal(whole.critic.head.weight, resumed.critic.head.weight)
+
+
+def test_algo_configs_list_every_field():
+    """configs/algo/*.yaml are generated from the dataclasses (scripts/make_algo_configs.py)."""
+    from dataclasses import fields
+
+    import yaml
+
+    from embodied.algos import finetune_algorithm
+    from embodied.core.paths import CONFIGS_DIR
+
+    files = sorted((CONFIGS_DIR / "algo").glob("*.yaml"))
+    assert len(files) >= 8
+    for path in files:
+        data = yaml.safe_load(path.read_text())
+        _, config_cls = finetune_algorithm(data.pop("algorithm"))
+        assert set(data) == {f.name for f in fields(config_cls)}, path.name
+        config_cls(**data)  # and the values are valid

@@ -13,7 +13,7 @@ value bootstrapped); the leftover actions of that chunk still step the env's nex
 
 from __future__ import annotations
 
-import copy
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,7 +60,21 @@ class ChainPPOConfig:
     advantage: str = "gae"
     """gae (with a critic) or grpo (group-relative episode returns, no critic)."""
     clip: float = 0.01
+    """PPO clip (the last fine-tuned step's, with ratio=per_step and clip_first)."""
     dual_clip: float | None = None
+    ratio: str = "chain"
+    """chain: one ratio per decision from the joint log-likelihood of the trained steps
+    (ReinFlow, pi_RL); per_step: one PPO term per denoising step (DPPO)."""
+    finetune_steps: int | None = None
+    """DPPO's K': train only the last K' denoising steps; the first K - K' run a frozen copy
+    of the base (None: all steps train)."""
+    denoising_discount: float = 1.0
+    """per_step: denoising step k's advantage is scaled by discount^(K'-1-k) (DPPO 0.99)."""
+    clip_first: float | None = None
+    """per_step: the first fine-tuned step's clip; it rises exponentially to `clip` at the
+    last step (DPPO 1e-3 -> 1e-2). None: `clip` at every step."""
+    entropy_coef: float = 0.0
+    """Bonus on the per-step Gaussian entropy (mean log-std; only learned noise moves it)."""
     epochs: int = 5
     minibatch_size: int = 256
     actor_lr: float = 4.5e-5
@@ -88,6 +102,24 @@ class ChainPPOConfig:
             raise ConfigError(f"advantage must be gae or grpo, got {self.advantage!r}")
         if self.value_loss not in ("mse", "huber"):
             raise ConfigError(f"value_loss must be mse or huber, got {self.value_loss!r}")
+        if self.ratio not in ("chain", "per_step"):
+            raise ConfigError(f"ratio must be chain or per_step, got {self.ratio!r}")
+        if self.finetune_steps is not None and self.finetune_steps < 1:
+            raise ConfigError(f"finetune_steps (K') must be >= 1, got {self.finetune_steps}")
+        if self.checkpoint_every < 1:
+            raise ConfigError("checkpoint_every must be >= 1 (iterations between checkpoints)")
+
+    def clip_schedule(self, trained_steps: int) -> torch.Tensor:
+        """Per-step clips [K'] (DPPO): exponential from clip_first to clip; K' = 1 gives
+        [clip] (the public code divides 0 by 0 there)."""
+        if self.ratio != "per_step" or self.clip_first is None:
+            return torch.full((trained_steps,), self.clip, dtype=torch.float64)
+        if trained_steps == 1:
+            return torch.tensor([self.clip], dtype=torch.float64)
+        rate = 3.0  # DPPO's schedule sharpness
+        frac = torch.arange(trained_steps, dtype=torch.float64) / (trained_steps - 1)
+        rise = (torch.exp(rate * frac) - 1) / (math.exp(rate) - 1)
+        return self.clip_first + (self.clip - self.clip_first) * rise
 
 
 @dataclass
@@ -105,19 +137,23 @@ class Rollout:
 
 
 class ChainPPO:
-    def __init__(self, base: ChunkPolicy, task: str, config: ChainPPOConfig,
-                 run_dir: str | Path, task_options: dict | None = None) -> None:
+    """PPO over decisions of a chain policy in batched envs.
+
+    `policy` is the trainable policy, already set up by the algorithm file (stochastic
+    sampler, noise head, frozen prefix, residual...); `bc_reference` is the frozen base for
+    the optional BC regulariser. Policies may keep per-env state (ResiP's base queue): the
+    loop calls `policy.reset(num_envs)` at every env reset and `policy.end_episodes(mask)`
+    after every env step.
+    """
+
+    def __init__(self, policy: Any, task: str, config: ChainPPOConfig, run_dir: str | Path,
+                 task_options: dict | None = None, bc_reference: Any = None) -> None:
         self.cfg, self.task, self.task_options = config, task, task_options or {}
         self.run_dir = Path(run_dir)
-        overrides = {"sampler": config.sampler, "sampler_kwargs": config.sampler_kwargs,
-                     "noise_head": config.sampler == "learned_noise"}
-        if config.num_steps is not None:
-            overrides["num_steps"] = config.num_steps
-        self.policy = base.with_overrides(**overrides)
-        self.base = copy.deepcopy(self.policy).eval() if config.bc_coef > 0 else None
-        self.policy.eval()  # no augmentation or dropout: rollout and update must agree
-        feat_dim = self.policy.encoder.out_dim
-        self.critic = ValueMLP(feat_dim)
+        self.policy = policy.eval()  # no augmentation or dropout: rollout and update agree
+        self.base = bc_reference.eval() if (bc_reference is not None
+                                            and config.bc_coef > 0) else None
+        self.critic = ValueMLP(self.policy.feature_dim)
         if config.float64:
             self.policy.double()
             self.critic.double()
@@ -128,10 +164,18 @@ class ChainPPO:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.iteration = 0
         self.env_steps = 0
-        # Transitions that enter the ratio (all of them; DPPO's last-K' variant is to come).
-        self.trained_steps = slice(0, self.policy.sampler.num_steps)
-        self._obs = self.env.reset(seed=config.seed)
+        self.before: dict[str, Any] | None = None
+        # Steps that enter the ratio: the last K' of the chain (DPPO) or all of them.
+        self.first_trained = getattr(self.policy.config, "frozen_steps", 0)
+        self.clips = config.clip_schedule(self.policy.num_chain_steps - self.first_trained)
         self.state_path = self.run_dir / "checkpoints" / "train_state.pt"
+        self._obs: dict[str, torch.Tensor] = {}
+
+    def _reset_envs(self) -> None:
+        """Fresh episodes at every checkpoint boundary, seeded by the iteration, so that a
+        run resumed from a checkpoint is bit-identical to one never interrupted."""
+        self._obs = self.env.reset(seed=self.cfg.seed + self.iteration)
+        self.policy.reset(self.cfg.num_envs)
 
     # --- rollout ------------------------------------------------------------------------
     def _value(self, obs: torch.Tensor) -> torch.Tensor:
@@ -141,12 +185,16 @@ class ChainPPO:
     @torch.no_grad()
     def collect(self) -> tuple[Rollout, dict[str, float]]:
         cfg, env, policy = self.cfg, self.env, self.policy
+        if not self._obs:
+            self._reset_envs()
         n, ta = cfg.num_envs, policy.config.n_action_steps
         rows: dict[str, list] = {k: [] for k in
                                  ("obs", "states", "log_probs", "sde", "values", "rewards",
                                   "terminated", "truncated", "final_values")}
         returns, successes = [], []
+        timing = {"policy": 0.0, "sim": 0.0}
         for _ in range(cfg.decisions_per_iteration):
+            t0 = time.perf_counter()
             obs = self._obs["state"]
             chunk, chain = policy.sample(obs, generator=self.generator)
             rows["obs"].append(obs)
@@ -159,6 +207,7 @@ class ChainPPO:
             terminated = torch.zeros(n, dtype=torch.bool)
             truncated = torch.zeros(n, dtype=torch.bool)
             final_obs = torch.zeros_like(obs)
+            t1 = time.perf_counter()
             for j in range(ta):
                 self._obs, r, term, trunc, info = env.step(chunk[:, j])
                 self.env_steps += n
@@ -167,14 +216,18 @@ class ChainPPO:
                 if ended.any():
                     terminated |= term & alive
                     truncated |= trunc & alive
-                    final_obs[ended] = info["final_obs"]["state"][ended]
+                    final_obs[ended] = info["final_obs"]["state"][ended].to(final_obs.dtype)
                     returns += info["episode_return"][ended].tolist()
                     successes += info["episode_success"][ended].tolist()
                     alive &= ~ended
+                    policy.end_episodes(term | trunc)
+            t2 = time.perf_counter()
             rows["rewards"].append(reward)
             rows["terminated"].append(terminated)
             rows["truncated"].append(truncated)
             rows["final_values"].append(self._value(final_obs))
+            timing["policy"] += (t1 - t0) + (time.perf_counter() - t2)
+            timing["sim"] += t2 - t1
         values = torch.stack(rows["values"])
         final_values = torch.stack(rows["final_values"])
         terminated, truncated = torch.stack(rows["terminated"]), torch.stack(rows["truncated"])
@@ -187,7 +240,8 @@ class ChainPPO:
             sde_step=None if rows["sde"][0] is None else torch.stack(rows["sde"]),
             values=values, rewards=torch.stack(rows["rewards"]), next_values=next_values,
             episode_end=terminated | truncated)
-        stats = {"episodes": len(returns)}
+        stats = {"episodes": len(returns), "seconds_sim": timing["sim"],
+                 "seconds_policy": timing["policy"]}
         if returns:
             stats.update(train_return=sum(returns) / len(returns),
                          train_success=sum(successes) / len(successes))
@@ -208,33 +262,51 @@ class ChainPPO:
         return gae(ro.rewards, ro.values, ro.next_values, ro.episode_end,
                    self.cfg.gamma, self.cfg.lam)
 
+    def _policy_terms(self, obs, chain, old_lp, adv):
+        """(policy loss, log ratio, per-step log-std) of a minibatch; ratio per decision
+        (chain) or per trained denoising step (DPPO)."""
+        cfg = self.cfg
+        new_lp, log_std = self.policy.score_steps(obs, chain, self.first_trained)
+        clips = self.clips.to(new_lp.dtype)
+        if cfg.ratio == "chain":
+            log_ratio = (new_lp - old_lp).sum(-1)
+            loss = clipped_surrogate(log_ratio, adv, cfg.clip, cfg.dual_clip)
+        else:
+            k = new_lp.shape[1]
+            discount = cfg.denoising_discount ** torch.arange(k - 1, -1, -1, dtype=new_lp.dtype)
+            log_ratio = new_lp - old_lp
+            loss = clipped_surrogate(log_ratio, adv[:, None] * discount, clips, cfg.dual_clip)
+        return loss, log_ratio, log_std
+
     def update(self, ro: Rollout) -> dict[str, float]:
         cfg = self.cfg
         adv, returns = self.advantages(ro)
         flat = lambda x: x.flatten(0, 1)  # noqa: E731 - [T, N, ...] -> [T*N, ...]
-        obs, states, old_lp_steps = flat(ro.obs), flat(ro.states), flat(ro.log_probs)
+        obs, states, stored_lp = flat(ro.obs), flat(ro.states), flat(ro.log_probs)
         sde = None if ro.sde_step is None else flat(ro.sde_step)
         adv, returns, old_values = flat(adv), flat(returns), flat(ro.values)
-        old_lp = old_lp_steps[:, self.trained_steps].sum(-1)
+        old_lp = stored_lp[:, self.first_trained:]  # from the rollout itself, never recomputed
         if cfg.normalize_advantages:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         total = obs.shape[0]
         metrics: dict[str, list[float]] = {}
         first = True
         update_actor = self.iteration >= cfg.critic_warmup_iterations
+        clip = self.clips.to(old_lp.dtype)
         for _epoch in range(cfg.epochs):
             order = torch.randperm(total, generator=self.generator)
             kls = []
             for start in range(0, total, cfg.minibatch_size):
                 idx = order[start:start + cfg.minibatch_size]
-                chain = Chain(states[idx], old_lp_steps[idx], None if sde is None else sde[idx])
-                new_lp = self.policy.log_prob(obs[idx], chain)[:, self.trained_steps].sum(-1)
-                log_ratio = new_lp - old_lp[idx]
+                chain = Chain(states[idx], stored_lp[idx], None if sde is None else sde[idx])
+                policy_loss, log_ratio, log_std = self._policy_terms(
+                    obs[idx], chain, old_lp[idx], adv[idx])
                 if first:
                     self._check_first_ratio(log_ratio)
                     first = False
-                policy_loss = clipped_surrogate(log_ratio, adv[idx], cfg.clip, cfg.dual_clip)
-                loss = policy_loss + self._bc_loss(obs[idx], chain)
+                entropy = log_std.mean()  # + a constant: the Gaussian entropy per dim
+                loss = (policy_loss - cfg.entropy_coef * entropy
+                        + self._bc_loss(obs[idx], chain))
                 values = self.critic(self.policy.encode(obs[idx]).detach())
                 v_loss = value_loss(values, returns[idx], old_values[idx], cfg.value_clip,
                                     1.0 if cfg.value_loss == "huber" else None)
@@ -249,20 +321,25 @@ class ChainPPO:
                 if update_actor:
                     self.actor_opt.step()
                 self.critic_opt.step()
-                kl = approx_kl(log_ratio.detach()).item()
+                lr_detached = log_ratio.detach()
+                kl = approx_kl(lr_detached).item()
                 kls.append(kl)
-                for key, value in (("policy_loss", policy_loss.item()),
-                                   ("value_loss", v_loss.item()), ("approx_kl", kl),
-                                   ("clip_fraction", ((log_ratio.exp() - 1).abs() > cfg.clip)
-                                    .float().mean().item()),
-                                   ("log_ratio_abs", log_ratio.abs().mean().item())):
+                row = {"policy_loss": policy_loss.item(), "value_loss": v_loss.item(),
+                       "approx_kl": kl, "entropy_log_std": entropy.item(),
+                       "clip_fraction": ((lr_detached.exp() - 1).abs() > (
+                           clip if cfg.ratio == "per_step" else cfg.clip)).float().mean().item(),
+                       "log_ratio_abs": lr_detached.abs().mean().item()}
+                for k, std in enumerate(log_std.detach().exp().mean(0).tolist()):
+                    row[f"noise_std/step{self.first_trained + k}"] = std
+                for key, value in row.items():
                     metrics.setdefault(key, []).append(value)
             if cfg.target_kl is not None and sum(kls) / len(kls) > cfg.target_kl:
                 break  # KL early stop
         out = {k: sum(v) / len(v) for k, v in metrics.items()}
         out["explained_variance"] = explained_variance(old_values, returns)
-        out["log_prob_min"] = old_lp.min().item()
-        out["log_prob_max"] = old_lp.max().item()
+        chain_lp = old_lp.sum(-1)
+        out["log_prob_min"] = chain_lp.min().item()
+        out["log_prob_max"] = chain_lp.max().item()
         return out
 
     def _check_first_ratio(self, log_ratio: torch.Tensor) -> None:
@@ -291,26 +368,26 @@ class ChainPPO:
 
         logger = RunLogger(self.run_dir)
         start = time.time()
-        timing = {"sim_policy": 0.0, "update": 0.0}
-        before = after = None
+        timing = {"sim": 0.0, "policy": 0.0, "update": 0.0}
         bar = tqdm(total=self.cfg.iterations, initial=self.iteration, desc="finetune",
                    unit="it", disable=not progress)
         try:
             while self.iteration < self.cfg.iterations:
                 if self.cfg.eval_every and self.iteration % self.cfg.eval_every == 0:
                     result = self.evaluate(evaluate)
-                    before = before or result
+                    self.before = self.before or result
                     logger.log(self.env_steps, success_rate=result["success_rate"],
                                return_mean=result["return_mean"], iteration=self.iteration)
                     bar.write(f"iteration {self.iteration}: success "
                               f"{result['success_rate']:.2f} (env steps {self.env_steps})")
-                t0 = time.time()
+                if self.iteration % self.cfg.checkpoint_every == 0:
+                    self._reset_envs()
                 rollout, stats = self.collect()
-                t1 = time.time()
+                t0 = time.perf_counter()
                 metrics = self.update(rollout)
-                t2 = time.time()
-                timing["sim_policy"] += t1 - t0
-                timing["update"] += t2 - t1
+                timing["update"] += time.perf_counter() - t0
+                timing["sim"] += stats["seconds_sim"]
+                timing["policy"] += stats["seconds_policy"]
                 self.iteration += 1
                 logger.log(self.env_steps, iteration=self.iteration, **stats, **metrics)
                 bar.update(1)
@@ -327,29 +404,57 @@ class ChainPPO:
         self.save_checkpoint()
         curve = plot_curve(self.run_dir, "success_rate", title=f"fine-tuning on {self.task}",
                            xlabel="env steps")
+        before = self.before
         return {"task": self.task, "iterations": self.iteration, "env_steps": self.env_steps,
                 "success_before": before["success_rate"] if before else None,
                 "success_after": after["success_rate"], "episodes": after["episodes"],
                 "seconds": round(time.time() - start, 1),
-                "seconds_sim_and_policy": round(timing["sim_policy"], 1),
-                "seconds_update": round(timing["update"], 1),
-                "curve": str(curve) if curve else None, "policy": str(self.run_dir / "policy")}
+                **{f"seconds_{k}": round(v, 1) for k, v in timing.items()},
+                "curve": str(curve) if curve else None, "policy": str(self.run_dir / "policy"),
+                "video": after.get("video")}
 
     def evaluate(self, evaluate_fn) -> dict[str, Any]:
         video = (self.run_dir / "videos" / f"iter{self.iteration:05d}.mp4"
                  if self.cfg.video else None)
-        return evaluate_fn(self.policy, self.task, self.cfg.eval_episodes, seed=10_000,
-                           task_options=self.task_options, video_path=video)
+        result = evaluate_fn(self.policy, self.task, self.cfg.eval_episodes, seed=10_000,
+                             task_options=self.task_options, video_path=video)
+        if video is not None:
+            result["video"] = str(video)
+        self._obs = {}  # evaluation shares the policy's per-env state: restart the rollout
+        return result
 
     def save_checkpoint(self) -> None:
+        """Policy directory + the whole training state, each written atomically; the
+        metrics file's length is recorded so a resumed run drops rows logged after it."""
         self.policy.save_pretrained(self.run_dir / "policy")
+        metrics = self.run_dir / "metrics.jsonl"
         state = {"iteration": self.iteration, "env_steps": self.env_steps,
                  "policy": self.policy.state_dict(), "critic": self.critic.state_dict(),
                  "actor_opt": self.actor_opt.state_dict(),
                  "critic_opt": self.critic_opt.state_dict(),
-                 "generator": self.generator.get_state(), "config": asdict(self.cfg)}
+                 "generator": self.generator.get_state(), "before": self.before,
+                 "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
+                 "config": asdict(self.cfg)}
         atomic_write(self.state_path, lambda tmp: torch.save(state, tmp))
 
+    def resume(self) -> bool:
+        """Load the last checkpoint of this run directory, if any (True if loaded)."""
+        if not self.state_path.exists():
+            return False
+        state = torch.load(self.state_path, weights_only=False)
+        self.policy.load_state_dict(state["policy"])
+        self.critic.load_state_dict(state["critic"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.generator.set_state(state["generator"])
+        self.iteration, self.env_steps = state["iteration"], state["env_steps"]
+        self.before = state["before"]
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.exists():
+            with open(metrics, "r+b") as f:
+                f.truncate(state["metrics_bytes"])
+        self._obs = {}
+        return True
 
 
 def _deterministic_action(policy: ChunkPolicy, obs: torch.Tensor, x0: torch.Tensor):

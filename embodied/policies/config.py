@@ -45,6 +45,9 @@ class PolicyConfig:
     sampler_kwargs: dict[str, Any] = field(default_factory=dict)
     noise_head: bool = False
     """A learned exploration-noise head (ReinFlow / Flow-Noise), created for fine-tuning."""
+    frozen_steps: int = 0
+    """DPPO: the first `frozen_steps` denoising steps run a frozen copy of the base encoder
+    and denoiser (fine-tuning trains only the last K - frozen_steps steps)."""
     shortcut_max_steps: int = 128
     """Shortcut model: the finest step size trained is 1/shortcut_max_steps."""
     shortcut_self_consistency: float = 0.25
@@ -69,6 +72,10 @@ class PolicyConfig:
             raise ConfigError("n_obs_steps and num_steps must be >= 1")
         if self.kind == "diffusion" and self.sampler == "ddpm":
             self.num_steps = self.num_train_steps  # DDPM runs the whole chain
+        if not 0 <= self.frozen_steps < max(self.num_steps, 1) or (
+                self.frozen_steps and self.kind == "gaussian"):
+            raise ConfigError(f"frozen_steps must be in [0, num_steps={self.num_steps}) for a "
+                              f"chain policy (at least one step trains), got {self.frozen_steps}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

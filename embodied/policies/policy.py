@@ -14,10 +14,9 @@ Da action dims, C conditioning features, K denoising steps.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from embodied.core.errors import ConfigError
-from embodied.core.io import usual_permissions
+from embodied.core.io import atomic_directory
 from embodied.policies.config import PolicyConfig
 from embodied.policies.encoders import MultiModalEncoder, StateEncoder
 from embodied.policies.nets import GaussianMLP, NoiseHead, build_denoiser
@@ -36,6 +35,7 @@ from embodied.policies.samplers import (
     DiffusionSampler,
     FlowSampler,
     flow_training_pair,
+    gaussian_log_prob,
 )
 
 Obs = dict[str, torch.Tensor]
@@ -74,6 +74,11 @@ class ChunkPolicy(nn.Module):
                                        **net_kwargs)
         if c.noise_head:
             self.noise_head = NoiseHead(c.horizon, c.action_dim, cond_dim)
+        self.frozen: nn.ModuleDict | None = None
+        if c.frozen_steps:
+            self.frozen = nn.ModuleDict({"encoder": copy.deepcopy(self.encoder),
+                                         "denoiser": copy.deepcopy(self.denoiser)})
+            self.frozen.requires_grad_(False)
         self.sampler = self.build_sampler(c.sampler, c.num_steps, **c.sampler_kwargs)
 
     def build_sampler(self, mode: str, num_steps: int, **kwargs: Any):
@@ -91,11 +96,13 @@ class ChunkPolicy(nn.Module):
     # --- conditioning -------------------------------------------------------------------
     def encode(self, obs: Obs | torch.Tensor) -> torch.Tensor:
         """Normalised observation history -> conditioning [B, C]."""
+        return self.encoder(self._normalized_state(obs))
+
+    def _normalized_state(self, obs: Obs | torch.Tensor) -> Obs | torch.Tensor:
+        """The encoder's input: the normalised state history (with the images, if any)."""
         obs = self._as_history(obs)
         state = self.obs_normalizer.normalize(obs["state"].to(self.dtype))
-        if self.config.cameras:
-            return self.encoder({**obs, "state": state})
-        return self.encoder(state)
+        return {**obs, "state": state} if self.config.cameras else state
 
     def _as_history(self, obs: Obs | torch.Tensor) -> Obs:
         if isinstance(obs, torch.Tensor):
@@ -110,14 +117,15 @@ class ChunkPolicy(nn.Module):
                 f"Do={self.config.obs_dim}] (or [B, Do]), got {tuple(state.shape)}")
         return obs
 
-    def _fns(self, cond: torch.Tensor):
+    def _fns(self, cond: torch.Tensor, denoiser: nn.Module | None = None):
         shortcut = self.config.kind == "shortcut"
         step = 1.0 / self.config.num_steps
+        denoiser = self.denoiser if denoiser is None else denoiser
 
         def denoise_fn(x, t, d=None):
             if shortcut:
                 d = torch.full_like(t, step) if d is None else d
-            return self.denoiser(x, t, cond, d if shortcut else None)
+            return denoiser(x, t, cond, d if shortcut else None)
 
         noise_fn = None
         if self.noise_head is not None:
@@ -125,7 +133,23 @@ class ChunkPolicy(nn.Module):
                 return self.noise_head(x, t, cond)
         return denoise_fn, noise_fn
 
+    @property
+    def feature_dim(self) -> int:
+        """Width of `encode(obs)`: the critic's input."""
+        return self.encoder.out_dim
+
+    @property
+    def num_chain_steps(self) -> int:
+        """Transitions per stored chain: K (a Gaussian policy is a one-step chain)."""
+        return 1 if self.sampler is None else self.sampler.num_steps
+
     # --- acting -------------------------------------------------------------------------
+    def reset(self, num_envs: int) -> None:
+        """New batch of envs. This policy keeps no per-env state (a residual policy does)."""
+
+    def end_episodes(self, ended: torch.Tensor) -> None:
+        """Envs whose episode ended ([N] bool); no per-env state to clear here."""
+
     @torch.no_grad()
     def act(self, obs: Obs | torch.Tensor, generator: torch.Generator | None = None,
             deterministic: bool = True) -> torch.Tensor:
@@ -134,30 +158,50 @@ class ChunkPolicy(nn.Module):
         Flow/diffusion: the initial noise is drawn from `generator` (same seed, same
         actions); deterministic=True runs noise-free transitions (ODE / DDIM eta=0 mean).
         """
-        if self.config.kind != "gaussian":
-            return self.sample(obs, generator=generator, deterministic=deterministic)[0]
-        mean, log_std = self.gaussian(self.encode(obs))
-        x = mean
-        if not deterministic:
-            x = mean + log_std.exp() * torch.randn(mean.shape, generator=generator)
-        return self.to_env_actions(x.view(-1, self.config.horizon, self.config.action_dim))
+        return self.sample(obs, generator=generator, deterministic=deterministic)[0]
 
     def sample(self, obs: Obs | torch.Tensor, generator: torch.Generator | None = None,
                deterministic: bool = False) -> tuple[torch.Tensor, Chain]:
         """(executed chunk [B, Ta, Da] in env space, the denoising chain in policy space)."""
-        if self.sampler is None:
-            raise ConfigError("a gaussian policy has no denoising chain; use act()")
         cond = self.encode(obs)
-        denoise_fn, noise_fn = self._fns(cond)
         shape = (cond.shape[0], self.config.horizon, self.config.action_dim)
+        if self.sampler is None:  # gaussian: a one-step chain (states [0, x]) for PPO
+            mean, log_std = self.gaussian(cond)
+            x = mean if deterministic else (
+                mean + log_std.exp() * torch.randn(mean.shape, generator=generator,
+                                                   dtype=mean.dtype))
+            lp = mean.new_zeros(shape[0]) if deterministic else gaussian_log_prob(
+                x, mean, log_std.exp())
+            x = x.view(shape)
+            chain = Chain(torch.stack([torch.zeros_like(x), x], 1), lp[:, None])
+            return self.to_env_actions(x), chain
+        denoise_fn, noise_fn = self._fns(cond)
+        prefix_fn = None
+        if self.frozen is not None:
+            prefix_fn = self._fns(self.frozen["encoder"](self._normalized_state(obs)),
+                                  self.frozen["denoiser"])[0]
         chain = self.sampler.sample(denoise_fn, noise_fn, shape, generator=generator,
-                                    deterministic=deterministic, dtype=self.dtype)
+                                    deterministic=deterministic, dtype=self.dtype,
+                                    prefix_fn=prefix_fn, prefix_steps=self.config.frozen_steps)
         return self.to_env_actions(chain.action), chain
 
-    def log_prob(self, obs: Obs | torch.Tensor, chain: Chain) -> torch.Tensor:
-        """Per-transition log-densities [B, K] of a stored chain, with the current weights."""
-        denoise_fn, noise_fn = self._fns(self.encode(obs))
-        return self.sampler.log_prob(denoise_fn, noise_fn, chain)
+    def log_prob(self, obs: Obs | torch.Tensor, chain: Chain, first: int = 0) -> torch.Tensor:
+        """Per-transition log-densities [B, K - first] of a stored chain (steps first..K-1),
+        with the current weights."""
+        return self.score_steps(obs, chain, first)[0]
+
+    def score_steps(self, obs: Obs | torch.Tensor, chain: Chain,
+                    first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-densities, mean log-std) [B, K - first] of steps first..K-1 of a stored chain;
+        the log-std is the per-step exploration noise (entropy bonus, diagnostics)."""
+        cond = self.encode(obs)
+        if self.sampler is None:
+            mean, log_std = self.gaussian(cond)
+            x = chain.states[:, 1].flatten(1)
+            return (gaussian_log_prob(x, mean, log_std.exp())[:, None],
+                    log_std.mean(1, keepdim=True))
+        denoise_fn, noise_fn = self._fns(cond)
+        return self.sampler.score_steps(denoise_fn, noise_fn, chain, first)
 
     def to_env_actions(self, x: torch.Tensor) -> torch.Tensor:
         """Policy-space chunk [B, Tp, Da] -> executed env actions [B, Ta, Da] in [-1, 1].
@@ -223,26 +267,13 @@ class ChunkPolicy(nn.Module):
 
     def save_pretrained(self, path: str | Path) -> Path:
         """config.json + model.safetensors, swapped in as a whole directory (atomic)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        def fill(tmp: Path) -> None:
             meta = {"format_version": FORMAT_VERSION, "policy": self.config.to_dict()}
             (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
             state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_FILE))
-            for item in (tmp, tmp / CONFIG_FILE, tmp / WEIGHTS_FILE):
-                usual_permissions(item)
-            old = path.with_name(f".{path.name}.old")
-            if path.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+
+        return atomic_directory(path, fill)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **overrides: Any) -> ChunkPolicy:
@@ -280,6 +311,12 @@ class ChunkPolicy(nn.Module):
             raise ConfigError(f"weights do not fit the config ({e})") from None
         if config.noise_head and not fields.get("noise_head"):
             missing = [k for k in missing if not k.startswith("noise_head.")]  # fresh head
+        if config.frozen_steps and not fields.get("frozen_steps"):
+            # DPPO from a plain checkpoint: the frozen prefix starts as the base's weights.
+            policy.frozen.load_state_dict({
+                f"{part}.{k}": v for part in ("encoder", "denoiser")
+                for k, v in getattr(policy, part).state_dict().items()})
+            missing = [k for k in missing if not k.startswith("frozen.")]
         if missing or unexpected:
             raise ConfigError(f"weights do not fit the config (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]})")

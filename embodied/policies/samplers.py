@@ -102,6 +102,14 @@ def _batch_col(table: Sequence[float], k: int | Tensor, x: Tensor) -> Tensor:
     return torch.tensor(table, dtype=x.dtype, device=x.device)[k]
 
 
+def _mean_log_std(std: Tensor) -> Tensor:
+    """Mean log-std over the stochastic elements of each row [B] (0 for a deterministic row)."""
+    stochastic = std > 0
+    logs = torch.where(stochastic, std, torch.ones_like(std)).log().flatten(1)
+    count = stochastic.flatten(1).sum(1).clamp(min=1)
+    return logs.sum(1) / count
+
+
 def _full(val: float | Tensor, x: Tensor) -> Tensor:
     if isinstance(val, Tensor):
         return val.expand_as(x)
@@ -151,11 +159,14 @@ class _ChainSampler:
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        prefix_fn: DenoiseFn | None = None,
+        prefix_steps: int = 0,
     ) -> Chain:
         """Run the chain from x_0 ~ N(0, I) (or the given `x0`) to the action.
 
         Random draws, in order, all from `generator`: x_0, the hybrid SDE step, then one
         standard normal per step. deterministic=True: noise-free means and zero log-probs.
+        prefix_fn: the denoiser of the first `prefix_steps` steps (DPPO: the frozen base).
         """
         if x0 is None:
             if shape is None:
@@ -171,9 +182,8 @@ class _ChainSampler:
         states, log_probs = [x], []
         for k in range(self.num_steps):
             mask = None if sde_step is None else sde_step == k
-            mean, std = self.transition(
-                denoise_fn, noise_fn, x, k, mask, deterministic=deterministic
-            )
+            fn = prefix_fn if prefix_fn is not None and k < prefix_steps else denoise_fn
+            mean, std = self.transition(fn, noise_fn, x, k, mask, deterministic=deterministic)
             if deterministic:
                 x, lp = mean, x.new_zeros(b)
             else:
@@ -184,21 +194,33 @@ class _ChainSampler:
             log_probs.append(lp)
         return Chain(torch.stack(states, 1), torch.stack(log_probs, 1), sde_step)
 
-    def log_prob(self, denoise_fn: DenoiseFn, noise_fn: NoiseFn | None, chain: Chain) -> Tensor:
-        """Per-transition log-densities [B, K] of a stored chain, through the same transitions.
+    def log_prob(self, denoise_fn: DenoiseFn, noise_fn: NoiseFn | None, chain: Chain,
+                 first: int = 0) -> Tensor:
+        """Per-transition log-densities [B, K - first] of steps first..K-1 of a stored chain,
+        through the same transitions (DPPO scores only its last K' = K - first steps).
 
         Scores as the stochastic sampler; a chain drawn with deterministic=True has no density.
         """
+        return self.score_steps(denoise_fn, noise_fn, chain, first)[0]
+
+    def score_steps(self, denoise_fn: DenoiseFn, noise_fn: NoiseFn | None, chain: Chain,
+                    first: int = 0) -> tuple[Tensor, Tensor]:
+        """(log-densities, mean log-std) [B, K - first] each; the log-std (of stochastic
+        elements, 0 where deterministic) gives the entropy bonus and per-step noise logs."""
         self._check(chain)
         s = chain.states
+        if not 0 <= first < self.num_steps:
+            raise ValueError(f"first must be in [0, {self.num_steps}), got {first}")
         if not self.stochastic:
-            return s.new_zeros(s.shape[0], self.num_steps)
-        out = []
-        for k in range(self.num_steps):
+            zeros = s.new_zeros(s.shape[0], self.num_steps - first)
+            return zeros, zeros
+        lps, log_stds = [], []
+        for k in range(first, self.num_steps):
             mask = None if chain.sde_step is None else chain.sde_step == k
             mean, std = self.transition(denoise_fn, noise_fn, s[:, k], k, mask)
-            out.append(self.score(s[:, k + 1], mean, std))
-        return torch.stack(out, 1)
+            lps.append(self.score(s[:, k + 1], mean, std))
+            log_stds.append(_mean_log_std(std))
+        return torch.stack(lps, 1), torch.stack(log_stds, 1)
 
 
 @dataclass(frozen=True)
@@ -327,9 +349,12 @@ class FlowSampler(_ChainSampler):
         m = sde_mask.reshape(-1, *([1] * (x.dim() - 1)))
         return torch.where(m, mean, ode_mean), torch.where(m, std, torch.zeros_like(std))
 
-    def log_prob(self, denoise_fn: DenoiseFn, noise_fn: NoiseFn | None, chain: Chain) -> Tensor:
+    def score_steps(self, denoise_fn: DenoiseFn, noise_fn: NoiseFn | None, chain: Chain,
+                    first: int = 0) -> tuple[Tensor, Tensor]:
         if self.mode != "sde_hybrid":
-            return super().log_prob(denoise_fn, noise_fn, chain)
+            return super().score_steps(denoise_fn, noise_fn, chain, first)
+        if first:
+            raise ValueError("a hybrid Flow-SDE chain scores all steps (first must be 0)")
         if chain.sde_step is None:
             raise ValueError("a hybrid Flow-SDE chain must carry sde_step (sampled stochastically)")
         self._check(chain)
@@ -339,7 +364,8 @@ class FlowSampler(_ChainSampler):
         mean, std = self.transition(denoise_fn, noise_fn, x, k)
         lp = self.score(x_next, mean, std)
         out = chain.states.new_zeros(x.shape[0], self.num_steps)
-        return out.scatter(1, k[:, None], lp[:, None])
+        return (out.scatter(1, k[:, None], lp[:, None]),
+                out.scatter(1, k[:, None], _mean_log_std(std)[:, None]))
 
 
 DIFFUSION_MODES = ("ddpm", "ddim")
