@@ -76,13 +76,13 @@ def pretrain_command(cfg: DictConfig) -> dict[str, Any]:
 
 
 def eval_command(cfg: DictConfig) -> dict[str, Any]:
-    from embodied.policies.policy import ChunkPolicy
+    from embodied.policies.residual import load_policy
     from embodied.rollout import evaluate
 
     if not cfg.checkpoint:
         raise SystemExit("embodied eval: pass checkpoint=<policy dir> (e.g. runs/x/policy)")
     run_dir = _start_run(cfg)
-    policy = ChunkPolicy.from_pretrained(cfg.checkpoint)
+    policy = load_policy(cfg.checkpoint)
     video = run_dir / "videos" / "eval.mp4" if cfg.video else None
     result = evaluate(policy, cfg.task.name, cfg.episodes, seed=cfg.seed,
                       task_options=_options(cfg), video_path=video,
