@@ -16,7 +16,11 @@ commands:
   collect   run a task's expert in batched envs and write a LeRobot v3 dataset (+ videos)
   pretrain  behaviour-clone a flow / shortcut / diffusion / Gaussian policy from a dataset
   eval      success rate of a saved policy in batched envs (+ video)
-  finetune  PPO fine-tuning of a flow/diffusion policy (ReinFlow, Flow-SDE, GRPO); preview
+  finetune  RL fine-tuning of a pretrained policy (ReinFlow, Flow-Noise, Flow-SDE, DPPO,
+            ResiP, GRPO) or the Gaussian PPO baseline
+  quickstart  fine-tune the shipped pick_place base with Flow-SDE (~10 min on 2 cores)
+  deploy    run a policy on a robot through the bridge (robot=fake: a dry run, MuJoCo behind it)
+  record    record teleoperated robot episodes into a LeRobot v3 dataset
   tasks     list the registered tasks
 
 examples:
@@ -24,6 +28,9 @@ examples:
   embodied collect task=hopper episodes=20 noise=0.1 out=data/hopper_noisy
   embodied pretrain task=push_cube dataset=data/push_cube policy=flow_mlp
   embodied eval task=push_cube checkpoint=runs/pretrain_push_cube_flow_mlp/policy
+  embodied finetune task=pick_place algo=reinflow algo.iterations=300
+  embodied deploy robot=fake policy=embodied/assets/base/push_cube_flow transport=zenoh
+  embodied record robot=fake task=push_cube episodes=5 repo=data/robot_push_cube
   embodied collect --cfg        (print the composed config and exit)
 """
 
@@ -34,6 +41,8 @@ def _commands() -> dict[str, Callable]:
 
     return {"collect": commands.collect_command, "pretrain": commands.pretrain_command,
             "eval": commands.eval_command, "finetune": commands.finetune_command,
+            "quickstart": commands.finetune_command,
+            "deploy": commands.deploy_command, "record": commands.record_command,
             "tasks": list_tasks_command}
 
 
@@ -50,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"embodied: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     show_config = "--cfg" in overrides
-    overrides = [o for o in overrides if o != "--cfg"]
+    overrides = [_path_alias(command, o) for o in overrides if o != "--cfg"]
     cfg = compose(command, overrides)
     if show_config:
         from omegaconf import OmegaConf
@@ -59,6 +68,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     commands[command](cfg)
     return 0
+
+
+# `policy` is a config group (configs/policy/, the nets pretrain builds), so Hydra would
+# read `policy=<dir>` as a group choice; these commands take a saved policy's directory.
+_POLICY_PATH_KEY = {"deploy": "checkpoint"}
+
+
+def _path_alias(command: str, override: str) -> str:
+    """`embodied deploy policy=<dir>` means `checkpoint=<dir>`."""
+    key = _POLICY_PATH_KEY.get(command)
+    if key and override.startswith("policy="):
+        return f"{key}={override.split('=', 1)[1]}"
+    return override
 
 
 def compose(command: str, overrides: list[str]):

@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from embodied.core.io import atomic_write_json, atomic_write_text
+from embodied.core.paths import resolve_shipped
 
 
 def _options(cfg: DictConfig) -> dict[str, Any]:
@@ -82,7 +83,7 @@ def eval_command(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.checkpoint:
         raise SystemExit("embodied eval: pass checkpoint=<policy dir> (e.g. runs/x/policy)")
     run_dir = _start_run(cfg)
-    policy = load_policy(cfg.checkpoint)
+    policy = load_policy(resolve_shipped(cfg.checkpoint))
     video = run_dir / "videos" / "eval.mp4" if cfg.video else None
     result = evaluate(policy, cfg.task.name, cfg.episodes, seed=cfg.seed,
                       task_options=_options(cfg), video_path=video,
@@ -104,7 +105,7 @@ def finetune_command(cfg: DictConfig) -> dict[str, Any]:
     run_dir = _start_run(cfg)
     settings = OmegaConf.to_container(cfg.algo, resolve=True)
     name = settings.pop("algorithm")
-    base = ChunkPolicy.from_pretrained(cfg.base) if cfg.base else None
+    base = ChunkPolicy.from_pretrained(resolve_shipped(cfg.base)) if cfg.base else None
     algo = make_finetune(name, base, cfg.task.name, settings, run_dir, _options(cfg))
     if cfg.resume and algo.resume():
         print(f"resuming {run_dir} from iteration {algo.iteration}")
@@ -119,5 +120,66 @@ def finetune_command(cfg: DictConfig) -> dict[str, Any]:
     print(f"curve: {summary['curve']}")
     if summary.get("video"):
         print(f"video: {summary['video']}")
+    print(json.dumps(summary))
+    return summary
+
+
+def _robot_settings(cfg: DictConfig) -> dict[str, Any]:
+    """What `embodied.bridge.deploy.deploy` and `record` share, from their configs."""
+    return {"transport": cfg.transport, "rate_hz": cfg.rate_hz, "seed": cfg.seed,
+            "task_options": _options(cfg), "obs_timeout_s": cfg.obs_timeout_s,
+            "connect_timeout_s": cfg.connect_timeout_s}
+
+
+def deploy_command(cfg: DictConfig) -> dict[str, Any]:
+    import sys
+
+    from embodied.bridge.deploy import deploy
+    from embodied.core.errors import EmbodiedError
+
+    if not cfg.checkpoint:
+        raise SystemExit("embodied deploy: pass policy=<policy dir> (e.g. "
+                         "embodied/assets/base/push_cube_flow)")
+    run_dir = _start_run(cfg)
+    # The control loop shares the interpreter with the policy: hand the GIL over every 1 ms
+    # (default 5 ms), so the executor thread wakes close to its deadlines.
+    sys.setswitchinterval(0.001)
+    robot = OmegaConf.to_container(cfg.robot, resolve=True)
+    print(f"deploy {cfg.checkpoint} on robot {robot['name']} ({cfg.task.name}) over "
+          f"{cfg.transport}")
+    try:
+        summary = deploy(robot, cfg.checkpoint, cfg.task.name, episodes=cfg.episodes,
+                         merge=cfg.merge, replan_every=cfg.replan_every,
+                         deterministic=cfg.deterministic, run_dir=run_dir,
+                         **_robot_settings(cfg))
+    except EmbodiedError as e:  # robot unreachable or mismatched: the message says the fix
+        raise SystemExit(f"embodied deploy: {e}") from None
+    atomic_write_json(run_dir / "summary.json", summary)
+    rate = "n/a" if summary["success_rate"] is None else f"{summary['success_rate']:.0%}"
+    print(f"success {rate} over {summary['episodes']} episodes at {summary['rate_hz']:g} Hz; "
+          f"deadline misses {summary['deadline_misses']}; safety interventions "
+          f"{summary['interventions'] or 'none'} (log: {run_dir / 'interventions.jsonl'})")
+    print(json.dumps(summary))
+    return summary
+
+
+def record_command(cfg: DictConfig) -> dict[str, Any]:
+    from embodied.bridge.deploy import record
+    from embodied.core.errors import EmbodiedError
+
+    run_dir = _start_run(cfg)
+    robot = OmegaConf.to_container(cfg.robot, resolve=True)
+    print(f"record {cfg.episodes} episodes from robot {robot['name']} ({cfg.task.name}, "
+          f"teleop {cfg.teleop}) over {cfg.transport} -> {cfg.repo}")
+    try:
+        summary = record(robot, cfg.task.name, cfg.repo, episodes=cfg.episodes,
+                         teleop=cfg.teleop, noise=cfg.noise, run_dir=run_dir,
+                         **_robot_settings(cfg))
+    except EmbodiedError as e:
+        raise SystemExit(f"embodied record: {e}") from None
+    atomic_write_json(run_dir / "summary.json", summary)
+    print(f"dataset: {summary['dataset']} (+{summary['episodes']} episodes, "
+          f"{summary['frames']} frames; {summary['dataset_episodes']} in all); success "
+          f"{summary['success_rate']:.0%}")
     print(json.dumps(summary))
     return summary

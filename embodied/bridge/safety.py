@@ -16,6 +16,9 @@ What "hold" sends (`hold_action`):
     reported joint position in the leading action dims (zeros elsewhere), else zeros, clipped
     into the limits. Zeros is a real target for a position-controlled robot, so report
     `joint_pos` through `observe` before the first command.
+    hold_zero_dims: with hold_position, these dims hold at zero instead. For mixed actions,
+    e.g. end-effector deltas (velocity-like: zero stops) next to an absolute gripper command
+    (repeating it keeps a grasp).
 
 Time: every method takes `now`, seconds on the layer's clock (`time.monotonic` unless another
 clock is given). Observation stamps must be on that same clock: stamp arrival time with it,
@@ -32,7 +35,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,6 +74,13 @@ def _box(name: str, low: object, high: object, dim: int | None = None
     return low_arr, high_arr
 
 
+def _indices(name: str, value: Iterable[int], dim: int) -> tuple[int, ...]:
+    out = tuple(int(i) for i in value)
+    if not all(0 <= i < dim for i in out):
+        raise ConfigError(f"{name} must be indices in [0, {dim}), got {list(out)}")
+    return out
+
+
 @dataclass
 class SafetyConfig:
     """Limits and timeouts; arrays are converted to float64 and checked on construction."""
@@ -98,6 +108,9 @@ class SafetyConfig:
     """No command within this: `tick` returns the hold command."""
     hold_mode: str = "hold_position"
     """"hold_position" (resend the last safe command) or "zero" (velocity robots)."""
+    hold_zero_dims: tuple[int, ...] | None = None
+    """With hold_position: action dims held at zero (delta or velocity dims of a mixed
+    action); the other dims repeat the last command."""
 
     def __post_init__(self) -> None:
         self.action_low, self.action_high = _box("action", self.action_low, self.action_high)
@@ -133,8 +146,13 @@ class SafetyConfig:
         for name in ("stale_after_s", "watchdog_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        self._check_hold()
+
+    def _check_hold(self) -> None:
         if self.hold_mode not in HOLD_MODES:
             raise ConfigError(f"hold_mode must be one of {HOLD_MODES}, got {self.hold_mode!r}")
+        if self.hold_zero_dims is not None:
+            self.hold_zero_dims = _indices("hold_zero_dims", self.hold_zero_dims, self.dim)
 
     @property
     def dim(self) -> int:
@@ -360,18 +378,22 @@ class SafetyLayer:
         if cfg.hold_mode == "zero":
             return np.zeros(cfg.dim)
         if self._last_sent is not None:
-            return self._last_sent.copy()
-        out = np.zeros(cfg.dim)
-        if self._joint_pos is not None:
-            out[: self._joint_pos.shape[0]] = self._joint_pos
-        for _, _, idx, low, high in self._clips:
-            out[idx] = np.clip(out[idx], low, high)
+            out = self._last_sent.copy()
+        else:
+            out = np.zeros(cfg.dim)
+            if self._joint_pos is not None:
+                out[: self._joint_pos.shape[0]] = self._joint_pos
+            for _, _, idx, low, high in self._clips:
+                out[idx] = np.clip(out[idx], low, high)
+        if cfg.hold_zero_dims:
+            out[list(cfg.hold_zero_dims)] = 0.0
         return out
 
     def _held(self, out: np.ndarray) -> None:
         # Zero mode: the next command ramps up from zero. Hold-position mode: the hold is the
-        # last command already, or (before any) tracks the reported joints, so keep it live.
-        if self.config.hold_mode == "zero":
+        # last command already, or (before any) tracks the reported joints, so keep it live;
+        # with zeroed dims the hold differs from the last command, so it becomes the last.
+        if self.config.hold_mode == "zero" or self.config.hold_zero_dims:
             self._last_sent = out.copy()
 
     def _limit(self, proposed: np.ndarray, now: float) -> np.ndarray:

@@ -11,3 +11,7 @@ class ConfigError(EmbodiedError, ValueError):
 
 class DatasetError(EmbodiedError):
     """A dataset is missing, corrupt, or does not match what the caller expects."""
+
+
+class RobotError(EmbodiedError):
+    """A robot (real or fake) is unreachable, silent, or does not match what we expect."""

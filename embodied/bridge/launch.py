@@ -1,0 +1,120 @@
+"""Child processes for dry runs and tests: the fake robot and a stand-in rosbridge server.
+
+Each child is `python -m <module> ... --exit-on-eof`: it exits when its stdin closes, so a
+parent that dies (even by SIGKILL) takes its children with it; `Child.stop` closes stdin,
+then terminates, then kills.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+from embodied.core.errors import RobotError
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (another process may still take it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Child:
+    """`python -m module args` with a ready line to wait for; a context manager."""
+
+    def __init__(self, module: str, args: list[str], ready: str, timeout: float = 60.0) -> None:
+        self.module, self.args, self.ready, self.timeout = module, args, ready, timeout
+        self.proc: subprocess.Popen | None = None
+        self.ready_line = ""
+
+    def start(self) -> Child:
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args,
+                                      "--exit-on-eof"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + self.timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            if select.select([self.proc.stdout], [], [], 0.1)[0]:
+                line = self.proc.stdout.readline()
+                if line.startswith(self.ready):
+                    self.ready_line = line.strip()
+                    return self
+                if not line:
+                    break
+        code = self.proc.poll()
+        self.stop()
+        what = f"exited with code {code}" if code is not None else f"timed out ({self.timeout} s)"
+        raise RobotError(f"`python -m {self.module} {' '.join(self.args)}` {what} before "
+                         f"printing {self.ready!r}; its error is above")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()  # the child exits on EOF
+            proc.wait(timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def __enter__(self) -> Child:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def fake_robot_args(task: str, rate_hz: float | None = None, seed: int = 0,
+                    latency_ms: float = 0.0, drop: float = 0.0,
+                    disconnect_after_s: float | None = None, disconnect_for_s: float = 0.0,
+                    task_options: dict[str, Any] | None = None) -> list[str]:
+    """Command-line arguments of `python -m embodied.bridge.fake_robot` (transport aside)."""
+    args = ["--task", task, "--seed", str(seed), "--latency-ms", str(latency_ms),
+            "--drop", str(drop), "--disconnect-for-s", str(disconnect_for_s)]
+    if rate_hz:
+        args += ["--rate", str(rate_hz)]
+    if disconnect_after_s is not None:
+        args += ["--disconnect-after-s", str(disconnect_after_s)]
+    for key, value in (task_options or {}).items():
+        args += ["--option", f"{key}={json.dumps(value)}"]
+    return args
+
+
+@contextmanager
+def fake_robot(kind: str, timeout: float = 60.0, **settings: Any) -> Iterator[dict[str, Any]]:
+    """Run the fake robot (and for rosbridge a stand-in server) for the block; yield the
+    options for our side's `make_transport(kind, **options)`."""
+    args = fake_robot_args(**settings)
+    with ExitStack() as stack:
+        if kind == "zenoh":
+            endpoint = f"tcp/127.0.0.1:{free_port()}"
+            stack.enter_context(Child("embodied.bridge.fake_robot",
+                                      ["--transport", "zenoh", "--listen", endpoint, *args],
+                                      "ready", timeout))
+            yield {"connect": [endpoint], "node_name": "embodied_deploy"}
+        elif kind == "rosbridge":
+            server = stack.enter_context(Child("embodied.bridge.rosbridge", ["--port", "0"],
+                                               "listening on", timeout))
+            port = server.ready_line.rsplit(":", 1)[1]
+            stack.enter_context(Child("embodied.bridge.fake_robot",
+                                      ["--transport", "rosbridge", "--port", port, *args],
+                                      "ready", timeout))
+            yield {"host": "127.0.0.1", "port": int(port)}
+        else:
+            raise ValueError(f"the fake robot runs over zenoh or rosbridge, not {kind!r}")
