@@ -66,7 +66,13 @@ def main(argv: list[str] | None = None) -> int:
 
         print(OmegaConf.to_yaml(cfg, resolve=True))
         return 0
-    commands[command](cfg)
+    from embodied.core.errors import EmbodiedError
+
+    try:
+        commands[command](cfg)
+    except EmbodiedError as e:  # bad input or a failed check: the message names the fix
+        print(f"embodied {command}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
