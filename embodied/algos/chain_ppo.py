@@ -1,5 +1,10 @@
-"""One PPO core for chain policies (flow / diffusion), shared by ReinFlow, Flow-Noise,
-Flow-SDE and GRPO-style variants, which differ only in their config.
+"""One PPO core for chain policies, shared by every on-policy fine-tuning algorithm.
+
+The algorithm files (reinflow, flow_noise, flow_sde, dppo, resip, gaussian_ppo) set up the
+trainable policy and the config; the core does the rest. A policy here is anything with
+`sample(obs, generator) -> (chunk, Chain)`, `score_steps(obs, chain, first)`, `encode`,
+`feature_dim`, `num_chain_steps`, `reset(num_envs)` and `end_episodes(mask)`: a ChunkPolicy
+(flow / diffusion chains, or a Gaussian as a one-step chain) or a ResidualPolicy.
 
 Shapes: N envs, T decisions per env per iteration, Ta executed actions per decision,
 K denoising steps, Tp predicted steps, Da action dims, Do obs dims.
