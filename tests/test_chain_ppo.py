@@ -226,3 +226,15 @@ def test_algo_configs_list_every_field():
         _, config_cls = finetune_algorithm(data.pop("algorithm"))
         assert set(data) == {f.name for f in fields(config_cls)}, path.name
         config_cls(**data)  # and the values are valid
+
+
+def test_lr_schedules_decay_to_the_final_fraction():
+    from embodied.algos.chain_ppo import ChainPPOConfig
+
+    config = ChainPPOConfig(iterations=11, lr_final_fraction=0.1)
+    assert config.lr_factor("constant", 10) == 1.0
+    assert config.lr_factor("linear", 0) == 1.0
+    assert config.lr_factor("linear", 5) == pytest.approx(0.55)
+    assert config.lr_factor("cosine", 10) == pytest.approx(0.1)
+    with pytest.raises(Exception, match="constant, linear or cosine"):
+        ChainPPOConfig(actor_lr_schedule="step")

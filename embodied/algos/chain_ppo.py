@@ -84,6 +84,11 @@ class ChainPPOConfig:
     minibatch_size: int = 256
     actor_lr: float = 4.5e-5
     critic_lr: float = 6.5e-4
+    actor_lr_schedule: str = "constant"
+    """constant, linear or cosine from the lr at iteration 0 to lr * lr_final_fraction at
+    the last iteration (set from the iteration each time, so resuming keeps it exact)."""
+    critic_lr_schedule: str = "constant"
+    lr_final_fraction: float = 0.1
     value_loss: str = "mse"
     value_clip: float | None = None
     bc_coef: float = 0.0
@@ -107,12 +112,22 @@ class ChainPPOConfig:
             raise ConfigError(f"advantage must be gae or grpo, got {self.advantage!r}")
         if self.value_loss not in ("mse", "huber"):
             raise ConfigError(f"value_loss must be mse or huber, got {self.value_loss!r}")
+        for schedule in (self.actor_lr_schedule, self.critic_lr_schedule):
+            if schedule not in ("constant", "linear", "cosine"):
+                raise ConfigError(f"lr schedules are constant, linear or cosine, got {schedule!r}")
         if self.ratio not in ("chain", "per_step"):
             raise ConfigError(f"ratio must be chain or per_step, got {self.ratio!r}")
         if self.finetune_steps is not None and self.finetune_steps < 1:
             raise ConfigError(f"finetune_steps (K') must be >= 1, got {self.finetune_steps}")
         if self.checkpoint_every < 1:
             raise ConfigError("checkpoint_every must be >= 1 (iterations between checkpoints)")
+
+    def lr_factor(self, schedule: str, iteration: int) -> float:
+        """Multiplier of the initial learning rate at `iteration`."""
+        progress = min(iteration / max(self.iterations - 1, 1), 1.0)
+        shape = {"constant": 0.0, "linear": progress,
+                 "cosine": 0.5 * (1 - math.cos(math.pi * progress))}[schedule]
+        return 1.0 - (1.0 - self.lr_final_fraction) * shape
 
     def clip_schedule(self, trained_steps: int) -> torch.Tensor:
         """Per-step clips [K'] (DPPO): exponential from clip_first to clip; K' = 1 gives
@@ -297,6 +312,10 @@ class ChainPPO:
         metrics: dict[str, list[float]] = {}
         first = True
         update_actor = self.iteration >= cfg.critic_warmup_iterations
+        for opt, lr, schedule in ((self.actor_opt, cfg.actor_lr, cfg.actor_lr_schedule),
+                                  (self.critic_opt, cfg.critic_lr, cfg.critic_lr_schedule)):
+            for group in opt.param_groups:
+                group["lr"] = lr * cfg.lr_factor(schedule, self.iteration)
         clip = self.clips.to(old_lp.dtype)
         for _epoch in range(cfg.epochs):
             order = torch.randperm(total, generator=self.generator)
