@@ -238,3 +238,20 @@ def test_lr_schedules_decay_to_the_final_fraction():
     assert config.lr_factor("cosine", 10) == pytest.approx(0.1)
     with pytest.raises(Exception, match="constant, linear or cosine"):
         ChainPPOConfig(actor_lr_schedule="step")
+
+
+def test_grpo_groups_share_initial_states_and_whole_episodes(tmp_path):
+    algo = make_algo("flow", "learned_noise", 2, tmp_path, advantage="grpo", group_size=4)
+    rollout, stats = algo.collect()
+    first = rollout.obs[0]  # the first observation of each env's episode
+    assert torch.equal(first[0], first[3]) and torch.equal(first[4], first[7])
+    assert not torch.equal(first[0], first[4])
+    assert stats["episodes"] == 8  # one whole episode per env
+    valid = rollout.valid.long()
+    assert valid[0].all() and (valid.diff(dim=0) <= 0).all()  # valid until the episode ends
+    adv, _ = algo.advantages(rollout)
+    per_env = adv[0]
+    for g in range(2):
+        assert per_env[4 * g:4 * g + 4].sum().abs() < 1e-6  # zero mean within each group
+    assert torch.equal(adv[5], per_env)  # every decision of an episode shares its advantage
+    algo.update(rollout)  # ratio check on the valid decisions

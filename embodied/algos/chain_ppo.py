@@ -58,12 +58,16 @@ class ChainPPOConfig:
     """Denoising steps K for fine-tuning (None: the base policy's)."""
     num_envs: int = 64
     decisions_per_iteration: int = 16
+    """Policy calls per env per iteration (grpo: enough for one whole episode instead)."""
     iterations: int = 100
     gamma: float = 0.99
     """Discount per decision (chunk)."""
     lam: float = 0.95
     advantage: str = "gae"
-    """gae (with a critic) or grpo (group-relative episode returns, no critic)."""
+    """gae (with a critic) or grpo: every iteration, groups of `group_size` envs start from
+    the same initial state and run one whole episode; each decision of an episode gets
+    (R - group mean) / (group std + 1e-6) of its episode return R (no critic)."""
+    group_size: int = 8
     clip: float = 0.01
     """PPO clip (the last fine-tuned step's, with ratio=per_step and clip_first)."""
     dual_clip: float | None = None
@@ -119,6 +123,10 @@ class ChainPPOConfig:
             raise ConfigError(f"ratio must be chain or per_step, got {self.ratio!r}")
         if self.finetune_steps is not None and self.finetune_steps < 1:
             raise ConfigError(f"finetune_steps (K') must be >= 1, got {self.finetune_steps}")
+        if self.advantage == "grpo" and (self.group_size < 2
+                                         or self.num_envs % self.group_size):
+            raise ConfigError(f"grpo needs group_size >= 2 dividing num_envs={self.num_envs}, "
+                              f"got {self.group_size}")
         if self.checkpoint_every < 1:
             raise ConfigError("checkpoint_every must be >= 1 (iterations between checkpoints)")
 
@@ -154,6 +162,8 @@ class Rollout:
     rewards: torch.Tensor        # [T, N]
     next_values: torch.Tensor    # [T, N]
     episode_end: torch.Tensor    # [T, N]
+    valid: torch.Tensor | None = None           # [T, N] grpo: decision inside the episode
+    episode_returns: torch.Tensor | None = None  # [N] grpo: each env's episode return
 
 
 class ChainPPO:
@@ -202,18 +212,35 @@ class ChainPPO:
         with torch.no_grad():
             return self.critic(self.policy.encode(obs)).to(self.policy.dtype)
 
+    def _reset_groups(self) -> None:
+        """grpo: env i starts from initial state number i // group_size of this iteration."""
+        first = (self.cfg.seed * 1_000_003 + self.iteration) * self.cfg.num_envs
+        for i in range(self.cfg.num_envs):
+            self._obs = self.env.reset(seed=first + i // self.cfg.group_size,
+                                       env_ids=torch.tensor([i]))
+        self.policy.reset(self.cfg.num_envs)
+
     @torch.no_grad()
     def collect(self) -> tuple[Rollout, dict[str, float]]:
         cfg, env, policy = self.cfg, self.env, self.policy
         if not self._obs:
             self._reset_envs()
         n, ta = cfg.num_envs, policy.config.n_action_steps
+        grpo = cfg.advantage == "grpo"
+        decisions = cfg.decisions_per_iteration
+        if grpo:  # whole episodes from shared initial states
+            self._reset_groups()
+            decisions = -(-env.max_episode_steps // ta)
+            in_episode = torch.ones(n, dtype=torch.bool)
+            episode_returns = torch.zeros(n, dtype=self.policy.dtype)
         rows: dict[str, list] = {k: [] for k in
                                  ("obs", "states", "log_probs", "sde", "values", "rewards",
-                                  "terminated", "truncated", "final_values")}
+                                  "terminated", "truncated", "final_values", "valid")}
         returns, successes = [], []
         timing = {"policy": 0.0, "sim": 0.0}
-        for _ in range(cfg.decisions_per_iteration):
+        for _ in range(decisions):
+            if grpo:
+                rows["valid"].append(in_episode.clone())
             t0 = time.perf_counter()
             obs = self._obs["state"]
             chunk, chain = policy.sample(obs, generator=self.generator)
@@ -237,8 +264,12 @@ class ChainPPO:
                     terminated |= term & alive
                     truncated |= trunc & alive
                     final_obs[ended] = info["final_obs"]["state"][ended].to(final_obs.dtype)
-                    returns += info["episode_return"][ended].tolist()
-                    successes += info["episode_success"][ended].tolist()
+                    counted = ended & in_episode if grpo else ended
+                    returns += info["episode_return"][counted].tolist()
+                    successes += info["episode_success"][counted].tolist()
+                    if grpo:
+                        episode_returns[counted] = info["episode_return"][counted].to(
+                            episode_returns.dtype) * cfg.reward_scale
                     alive &= ~ended
                     policy.end_episodes(term | trunc)
             t2 = time.perf_counter()
@@ -248,6 +279,8 @@ class ChainPPO:
             rows["final_values"].append(self._value(final_obs))
             timing["policy"] += (t1 - t0) + (time.perf_counter() - t2)
             timing["sim"] += t2 - t1
+            if grpo:
+                in_episode &= ~(terminated | truncated)
         values = torch.stack(rows["values"])
         final_values = torch.stack(rows["final_values"])
         terminated, truncated = torch.stack(rows["terminated"]), torch.stack(rows["truncated"])
@@ -259,7 +292,9 @@ class ChainPPO:
             log_probs=torch.stack(rows["log_probs"]),
             sde_step=None if rows["sde"][0] is None else torch.stack(rows["sde"]),
             values=values, rewards=torch.stack(rows["rewards"]), next_values=next_values,
-            episode_end=terminated | truncated)
+            episode_end=terminated | truncated,
+            valid=torch.stack(rows["valid"]) if grpo else None,
+            episode_returns=episode_returns if grpo else None)
         stats = {"episodes": len(returns), "seconds_sim": timing["sim"],
                  "seconds_policy": timing["policy"]}
         if returns:
@@ -270,15 +305,10 @@ class ChainPPO:
     # --- update -------------------------------------------------------------------------
     def advantages(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cfg.advantage == "grpo":
-            # Group = the decisions of one env in this iteration; R = its return-to-go.
-            rtg = torch.zeros_like(ro.rewards)
-            running = torch.zeros_like(ro.rewards[0])
-            for t in reversed(range(ro.rewards.shape[0])):
-                running = ro.rewards[t] + self.cfg.gamma * (~ro.episode_end[t]) * running
-                rtg[t] = running
-            groups = torch.arange(rtg.shape[1]).expand_as(rtg)
-            adv = group_advantages(rtg.flatten(), groups.flatten()).view_as(rtg)
-            return adv, rtg
+            # Every decision of an env's episode shares its group-relative episode return.
+            groups = torch.arange(self.cfg.num_envs) // self.cfg.group_size
+            adv = group_advantages(ro.episode_returns, groups)
+            return adv.expand_as(ro.rewards), ro.episode_returns.expand_as(ro.rewards)
         return gae(ro.rewards, ro.values, ro.next_values, ro.episode_end,
                    self.cfg.gamma, self.cfg.lam)
 
@@ -305,8 +335,13 @@ class ChainPPO:
         obs, states, stored_lp = flat(ro.obs), flat(ro.states), flat(ro.log_probs)
         sde = None if ro.sde_step is None else flat(ro.sde_step)
         adv, returns, old_values = flat(adv), flat(returns), flat(ro.values)
+        if ro.valid is not None:  # grpo: only decisions inside the episode train
+            keep = flat(ro.valid)
+            obs, states, stored_lp = obs[keep], states[keep], stored_lp[keep]
+            sde = None if sde is None else sde[keep]
+            adv, returns, old_values = adv[keep], returns[keep], old_values[keep]
         old_lp = stored_lp[:, self.first_trained:]  # from the rollout itself, never recomputed
-        if cfg.normalize_advantages:
+        if cfg.normalize_advantages and cfg.advantage == "gae":  # grpo's are normalised
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         total = obs.shape[0]
         metrics: dict[str, list[float]] = {}
