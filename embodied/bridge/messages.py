@@ -263,32 +263,27 @@ def _ndtype(typ: str) -> str:
     return {"bool": "bool_", "char": "uint8"}.get(typ, typ)
 
 
-def _to_dict(msg: Any) -> dict[str, Any]:
+def _walk(msg: Any, array: Any) -> dict[str, Any]:
+    """A message as nested dicts, numpy arrays converted by `array`."""
     out = {}
     for field, _ in TYPESTORE.get_msgdef(msg.__msgtype__).fields:
         value = getattr(msg, field)
         if isinstance(value, np.ndarray):
-            value = value.copy()  # deserialised arrays are read-only views of the payload
+            value = array(value)
         elif isinstance(value, list):
-            value = [_to_dict(v) if hasattr(v, "__msgtype__") else v for v in value]
+            value = [_walk(v, array) if hasattr(v, "__msgtype__") else v for v in value]
         elif hasattr(value, "__msgtype__"):
-            value = _to_dict(value)
+            value = _walk(value, array)
         out[field] = value
     return out
+
+
+def _to_dict(msg: Any) -> dict[str, Any]:
+    # Deserialised arrays are read-only views of the payload: copy them.
+    return _walk(msg, lambda a: a.copy())
 
 
 def _jsonable(msg: Any) -> dict[str, Any]:
-    out = {}
-    for field, _ in TYPESTORE.get_msgdef(msg.__msgtype__).fields:
-        value = getattr(msg, field)
-        if isinstance(value, np.ndarray):
-            if value.dtype in (np.uint8, np.int8):
-                value = base64.b64encode(value.tobytes()).decode("ascii")
-            else:
-                value = value.tolist()
-        elif isinstance(value, list):
-            value = [_jsonable(v) if hasattr(v, "__msgtype__") else v for v in value]
-        elif hasattr(value, "__msgtype__"):
-            value = _jsonable(value)
-        out[field] = value
-    return out
+    # rosbridge's JSON: byte arrays as base64, other arrays as lists.
+    return _walk(msg, lambda a: base64.b64encode(a.tobytes()).decode("ascii")
+                 if a.dtype in (np.uint8, np.int8) else a.tolist())
