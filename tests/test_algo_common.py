@@ -59,3 +59,23 @@ def test_group_advantages_normalise_within_groups():
     a = group_advantages(r, torch.tensor([0, 0, 1, 1]))
     torch.testing.assert_close(a[:2], torch.tensor([-1.0, 1.0]), atol=1e-5, rtol=0)
     assert a[2:].abs().max() == pytest.approx(0.0)
+
+
+def test_return_normalizer_scales_by_the_running_return_std():
+    from embodied.algos.common import ReturnNormalizer
+
+    norm = ReturnNormalizer(num_envs=2, gamma=0.5)
+    done = torch.tensor([False, True])
+    seen = []
+    for r in ([1.0, 2.0], [3.0, 4.0], [5.0, 6.0]):
+        reward = torch.tensor(r, dtype=torch.float64)
+        expected_returns = norm.returns * 0.5 + reward
+        seen += expected_returns.tolist()
+        out = norm(reward, done)
+        var = torch.tensor(seen).var(unbiased=False).item()
+        assert norm.var == pytest.approx(var)
+        assert torch.allclose(out, reward / (var + 1e-8) ** 0.5)
+        assert norm.returns[1] == 0.0  # a finished episode restarts its return
+    copy = ReturnNormalizer(num_envs=2, gamma=0.5)
+    copy.load_state_dict(norm.state_dict())
+    assert (copy.count, copy.mean, copy.var) == (norm.count, norm.mean, norm.var)

@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from embodied.algos.common import (
+    ReturnNormalizer,
     approx_kl,
     clipped_surrogate,
     explained_variance,
@@ -101,6 +102,9 @@ class ChainPPOConfig:
     max_grad_norm: float = 1.0
     normalize_advantages: bool = True
     reward_scale: float = 1.0
+    normalize_rewards: bool = False
+    """Divide rewards by the running std of the discounted return: use it for dense
+    rewards of arbitrary scale (locomotion); sparse 0/1 success rewards need none."""
     critic_warmup_iterations: int = 0
     eval_every: int = 10
     eval_episodes: int = 100
@@ -200,6 +204,8 @@ class ChainPPO:
         self.clips = config.clip_schedule(self.policy.num_chain_steps - self.first_trained)
         self.state_path = self.run_dir / "checkpoints" / "train_state.pt"
         self._obs: dict[str, torch.Tensor] = {}
+        self.reward_norm = (ReturnNormalizer(config.num_envs, config.gamma)
+                            if config.normalize_rewards else None)
 
     def _reset_envs(self) -> None:
         """Fresh episodes at every checkpoint boundary, seeded by the iteration, so that a
@@ -273,6 +279,8 @@ class ChainPPO:
                     alive &= ~ended
                     policy.end_episodes(term | trunc)
             t2 = time.perf_counter()
+            if self.reward_norm is not None:
+                reward = self.reward_norm(reward, terminated | truncated).to(reward.dtype)
             rows["rewards"].append(reward)
             rows["terminated"].append(terminated)
             rows["truncated"].append(truncated)
@@ -492,6 +500,8 @@ class ChainPPO:
                  "actor_opt": self.actor_opt.state_dict(),
                  "critic_opt": self.critic_opt.state_dict(),
                  "generator": self.generator.get_state(), "before": self.before,
+                 "reward_norm": None if self.reward_norm is None
+                 else self.reward_norm.state_dict(),
                  "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
                  "config": asdict(self.cfg)}
         atomic_write(self.state_path, lambda tmp: torch.save(state, tmp))
@@ -508,6 +518,8 @@ class ChainPPO:
         self.generator.set_state(state["generator"])
         self.iteration, self.env_steps = state["iteration"], state["env_steps"]
         self.before = state["before"]
+        if self.reward_norm is not None and state.get("reward_norm") is not None:
+            self.reward_norm.load_state_dict(state["reward_norm"])
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.exists():
             with open(metrics, "r+b") as f:

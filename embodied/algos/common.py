@@ -5,6 +5,8 @@ Shapes: T decisions (policy calls) per env, N envs, B samples in a minibatch.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -69,3 +71,36 @@ def approx_kl(log_ratio: Tensor) -> Tensor:
 def explained_variance(predicted: Tensor, target: Tensor) -> float:
     var = target.var()
     return float("nan") if var == 0 else float(1 - (target - predicted).var() / var)
+
+
+class ReturnNormalizer:
+    """Divides rewards by the running std of the discounted return (no mean shift), as
+    SB3's VecNormalize and CleanRL's NormalizeReward do, so that value targets stay O(1)
+    whatever the reward scale (Hopper's ~3 per step would otherwise swamp the critic)."""
+
+    def __init__(self, num_envs: int, gamma: float, eps: float = 1e-8) -> None:
+        self.gamma, self.eps = gamma, eps
+        self.returns = torch.zeros(num_envs, dtype=torch.float64)
+        self.count, self.mean, self.var = 0, 0.0, 1.0
+
+    def __call__(self, reward: Tensor, done: Tensor) -> Tensor:
+        self.returns = self.returns * self.gamma + reward.double()
+        self._update(self.returns)
+        self.returns[done] = 0.0
+        return reward / math.sqrt(self.var + self.eps)
+
+    def _update(self, x: Tensor) -> None:
+        """Chan's parallel update of the running mean and variance with batch x."""
+        n, mean, var = x.numel(), x.mean().item(), x.var(unbiased=False).item()
+        total = self.count + n
+        delta = mean - self.mean
+        m2 = self.var * self.count + var * n + delta**2 * self.count * n / total
+        self.count, self.mean, self.var = total, self.mean + delta * n / total, m2 / total
+
+    def state_dict(self) -> dict:
+        return {"returns": self.returns, "count": self.count, "mean": self.mean,
+                "var": self.var}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.returns, self.count = state["returns"], state["count"]
+        self.mean, self.var = state["mean"], state["var"]
