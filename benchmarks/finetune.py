@@ -7,9 +7,11 @@ manipulation task and Hopper; success (and return) against env steps and wall-cl
 For each task x algorithm it runs `embodied.algos.make_finetune` (the code path of
 `embodied finetune`), evaluates every --eval-every iterations (deterministic policy, the
 same eval seeds for all), and prints a table, writes a PNG of the curves and the runs under
---out. DPPO runs on the same flow base (its chain made stochastic with the Flow-SDE
+--out. `dppo` runs on the same flow base (its chain made stochastic with the Flow-SDE
 sampler, last K' = 2 of K = 4 steps trained, per-step ratio): a like-for-like comparison of
-the algorithms' update rules; the DPPO paper's own setting is a diffusion base.
+the algorithms' update rules. `dppo_diffusion` is DPPO's own setting, on the shipped
+diffusion base of the task (DDIM, K = 5, K' = 2) where there is one; it starts from another
+base, so it is not used in the wall-clock ratio.
 
 Figures:
   reinflow_over_dppo_wallclock  on the manipulation task, ReinFlow's wall-clock seconds to
@@ -42,12 +44,15 @@ from embodied.core.runlog import read_metrics
 from embodied.envs import make_env
 from embodied.policies.policy import ChunkPolicy
 
-ALGO_SETTINGS = {
-    "reinflow": {},
-    "flow_sde": {},
-    "dppo": {"sampler": "sde", "sampler_kwargs": {"noise_level": 0.5}, "finetune_steps": 2},
-    "resip": {},
-    "gaussian_ppo": {},
+# name: (algorithm, base checkpoint kind, settings over the algorithm's defaults)
+RUNS = {
+    "reinflow": ("reinflow", "flow", {}),
+    "flow_sde": ("flow_sde", "flow", {}),
+    "dppo": ("dppo", "flow", {"sampler": "sde", "sampler_kwargs": {"noise_level": 0.5},
+                              "finetune_steps": 2}),
+    "dppo_diffusion": ("dppo", "diffusion", {}),  # DPPO's own setting: DDIM K=5, K'=2
+    "resip": ("resip", "flow", {}),
+    "gaussian_ppo": ("gaussian_ppo", "flow", {}),
 }
 
 
@@ -94,14 +99,18 @@ def policy_action_throughput(task: str, num_envs: int, decisions: int = 75) -> f
     return rate
 
 
-def run_one(task: str, algo: str, args, out: Path) -> dict:
-    base_dir = ASSETS_DIR / "base" / f"{task}_flow"
+def run_one(task: str, name: str, args, out: Path) -> dict | None:
+    algo, kind, extra = RUNS[name]
+    base_dir = ASSETS_DIR / "base" / f"{task}_{kind}"
+    if not base_dir.exists():
+        print(f"skip {task}/{name}: no shipped {kind} base (scripts/make_base_checkpoints.py)")
+        return None
     base = ChunkPolicy.from_pretrained(base_dir)
     settings = {"iterations": args.iterations, "num_envs": args.num_envs,
                 "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
                 "checkpoint_every": args.eval_every, "video": False, "seed": args.seed,
-                **TASK_SETTINGS.get(task, {}), **ALGO_SETTINGS[algo]}
-    run_dir = out / f"{task}_{algo}"
+                **TASK_SETTINGS.get(task, {}), **extra}
+    run_dir = out / f"{task}_{name}"
     ppo = make_finetune(algo, base, task, settings, run_dir)
     summary = ppo.train(progress=False)
     start = None
@@ -112,7 +121,7 @@ def run_one(task: str, algo: str, args, out: Path) -> dict:
             curve.append({"env_steps": row["step"], "seconds": round(row["time"] - start, 1),
                           "success": row["success_rate"], "return": row["return_mean"]})
     loop = summary["seconds_sim"] + summary["seconds_policy"] + summary["seconds_update"]
-    return {"task": task, "algo": algo, "curve": curve,
+    return {"task": task, "algo": name, "curve": curve,
             "success_before": summary["success_before"],
             "success_after": summary["success_after"], "env_steps": summary["env_steps"],
             "loop_env_steps_per_s": summary["env_steps"] / loop,
@@ -149,7 +158,7 @@ def plot(results: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["pick_place", "hopper"])
-    parser.add_argument("--algos", nargs="+", default=list(ALGO_SETTINGS))
+    parser.add_argument("--algos", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--num-envs", type=int, default=64)
     parser.add_argument("--eval-every", type=int, default=10)
@@ -160,7 +169,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads)
     out = args.out or Path(tempfile.mkdtemp(prefix="embodied_finetune_bench_"))
-    results = [run_one(task, algo, args, out) for task in args.tasks for algo in args.algos]
+    results = [r for task in args.tasks for name in args.algos
+               if (r := run_one(task, name, args, out)) is not None]
 
     print(f"\n{args.iterations} iterations x {args.num_envs} envs, eval every "
           f"{args.eval_every} on {args.eval_episodes} episodes (seed 10000); runs in {out}")

@@ -1,6 +1,7 @@
 """Make the shipped base checkpoints: BC flow policies that succeed sometimes, not always.
 
     python scripts/make_base_checkpoints.py [--tasks push_cube pick_place peg_insert hopper]
+                                            [--kinds flow diffusion]
 
 For each task: collect a deliberately small, noisy demonstration set with the task's expert,
 behaviour-clone a flow-matching MLP policy (K=4 Euler steps, Tp=8, Ta=4) on it, evaluate it
@@ -43,7 +44,16 @@ RECIPES = {
 EVAL = {"episodes": 100, "seed": 0}
 
 
-def make_base(task: str, out_root: Path, work: Path) -> dict:
+KINDS = {
+    # name suffix: policy config fields (the same MLP denoiser, Tp=8, Ta=4)
+    "flow": {"kind": "flow", "num_steps": 4},
+    # DPPO's setting: an eps-prediction DDPM (100 train steps) sampled with 5 DDIM steps.
+    "diffusion": {"kind": "diffusion", "num_train_steps": 100, "sampler": "ddim",
+                  "num_steps": 5},
+}
+
+
+def make_base(task: str, out_root: Path, work: Path, kind: str = "flow") -> dict:
     recipe = RECIPES[task]
     start = time.time()
     data_root = work / f"{task}_demos"
@@ -51,9 +61,9 @@ def make_base(task: str, out_root: Path, work: Path) -> dict:
                     noise=recipe["noise"], seed=0, progress=False)
     dataset = EpisodeDataset(data_root)
     torch.manual_seed(0)
-    config = PolicyConfig(kind="flow", net="mlp", obs_dim=dataset.features["observation.state"]
-                          .shape[0], action_dim=dataset.features["action"].shape[0],
-                          horizon=8, n_action_steps=4, num_steps=4)
+    config = PolicyConfig(net="mlp", obs_dim=dataset.features["observation.state"].shape[0],
+                          action_dim=dataset.features["action"].shape[0], horizon=8,
+                          n_action_steps=4, **KINDS[kind])
     policy = ChunkPolicy(config)
     policy.fit_normalizers(dataset.stats)
     windows = ChunkWindows(dataset, config.n_obs_steps, config.horizon)
@@ -61,8 +71,8 @@ def make_base(task: str, out_root: Path, work: Path) -> dict:
     trainer = BCTrainer(policy, windows, bc, work / f"{task}_run")
     trainer.train(progress=False)
     result = evaluate(trainer.ema, task, EVAL["episodes"], seed=EVAL["seed"])
-    out = trainer.ema.save_pretrained(out_root / f"{task}_flow")
-    row = {"task": task, "checkpoint": f"embodied/assets/base/{task}_flow",
+    out = trainer.ema.save_pretrained(out_root / f"{task}_{kind}")
+    row = {"task": task, "checkpoint": f"embodied/assets/base/{task}_{kind}", "kind": kind,
            "demos": demos["episodes"], "demo_noise": recipe["noise"],
            "demo_success": round(demos["success_rate"], 3), "bc_steps": recipe["steps"],
            "success_rate": result["success_rate"], "return_mean": round(result["return_mean"], 2),
@@ -74,23 +84,26 @@ def make_base(task: str, out_root: Path, work: Path) -> dict:
 
 
 def write_table(out_root: Path) -> None:
-    rows = [json.loads(p.read_text()) for p in sorted(out_root.glob("*_flow/base.json"))]
+    rows = [json.loads(p.read_text()) for p in sorted(out_root.glob("*/base.json"))]
     lines = [
         "# Base checkpoints",
         "",
-        "Flow-matching MLP policies (K=4, Tp=8, Ta=4) behaviour-cloned on small noisy",
-        "demonstration sets by `scripts/make_base_checkpoints.py`, so that they succeed",
-        "sometimes but not always. Reproduce a row with",
-        "`embodied eval task=<task> checkpoint=embodied/assets/base/<task>_flow "
+        "MLP policies (Tp=8, Ta=4) behaviour-cloned on small noisy demonstration sets by",
+        "`scripts/make_base_checkpoints.py`, so that they succeed sometimes but not always:",
+        "`<task>_flow` (flow matching, K=4 Euler steps) and `<task>_diffusion` (DDPM with",
+        "100 train steps, sampled with K=5 DDIM steps; DPPO's setting). Reproduce a row with",
+        "`embodied eval task=<task> checkpoint=embodied/assets/base/<task>_<kind> "
         "episodes=100 seed=0`",
         "(100 episodes: the first episode of each env, env seeds 0 and 1 for the two batches of",
         "at most 64 envs, policy noise from seed 0, noise-free denoising).",
         "",
-        "| task | demos (expert noise, expert success) | BC steps | base success | mean return |",
-        "|---|---|---|---|---|",
+        "| task | policy | demos (expert noise, expert success) | BC steps | base success "
+        "| mean return |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['task']} | {r['demos']} ({r['demo_noise']}, "
+        lines.append(f"| {r['task']} | {r.get('kind', 'flow')} | {r['demos']} "
+                     f"({r['demo_noise']}, "
                      f"{r['demo_success']:.0%}) | {r['bc_steps']} | {r['success_rate']:.0%} | "
                      f"{r['return_mean']:.1f} |")
     atomic_write_text(out_root / "README.md", "\n".join(lines) + "\n")
@@ -99,13 +112,15 @@ def write_table(out_root: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(RECIPES))
+    parser.add_argument("--kinds", nargs="+", default=["flow"], choices=list(KINDS))
     parser.add_argument("--out", default=str(ASSETS_DIR / "base"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     out_root = Path(args.out)
     with tempfile.TemporaryDirectory() as work:
         for task in args.tasks:
-            make_base(task, out_root, Path(work))
+            for kind in args.kinds:
+                make_base(task, out_root, Path(work) / kind, kind)
     write_table(out_root)
 
 
