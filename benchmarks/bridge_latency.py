@@ -28,52 +28,17 @@ from __future__ import annotations
 import argparse
 import json
 import queue
-import select
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from embodied.bridge import messages
+from embodied.bridge.launch import Child, free_port
 from embodied.bridge.transport import CMD_TYPE, OBS_TYPE, Transport, make_transport
 
 JOINTS = [f"joint{i}" for i in range(7)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def child(args: list[str], ready: str, timeout: float = 15.0) -> Iterator[str]:
-    """Run `python -m args...` until the block exits; yield its `ready` line."""
-    proc = subprocess.Popen([sys.executable, "-m", *args, "--exit-on-eof"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if select.select([proc.stdout], [], [], 0.1)[0]:
-                line = proc.stdout.readline()
-                if line.startswith(ready):
-                    yield line.strip()
-                    return
-                if not line:
-                    break
-        raise RuntimeError(f"{' '.join(args)} did not start within {timeout} s")
-    finally:
-        try:
-            proc.stdin.close()  # the child exits on EOF
-            proc.wait(5)
-        except (OSError, subprocess.TimeoutExpired):
-            proc.kill()
-            proc.wait()
 
 
 def round_trips(transport: Transport, n: int, warmup: int) -> np.ndarray:
@@ -118,16 +83,16 @@ def round_trips(transport: Transport, n: int, warmup: int) -> np.ndarray:
 def bench_zenoh(n: int, warmup: int) -> np.ndarray:
     endpoint = f"tcp/127.0.0.1:{free_port()}"
     with make_transport("zenoh", listen=[endpoint], connect=[], node_name="bench") as ours:
-        with child(["embodied.bridge.transport", "--kind", "zenoh", "--connect", endpoint],
-                   "ready"):
+        with Child("embodied.bridge.transport", ["--kind", "zenoh", "--connect", endpoint],
+                   "ready", timeout=15.0):
             return round_trips(ours, n, warmup)
 
 
 def bench_rosbridge(n: int, warmup: int) -> np.ndarray:
-    with child(["embodied.bridge.rosbridge", "--port", "0"], "listening on") as line:
-        port = line.rsplit(":", 1)[1]
-        with child(["embodied.bridge.transport", "--kind", "rosbridge", "--port", port],
-                   "ready"):
+    with Child("embodied.bridge.rosbridge", ["--port", "0"], "listening on") as server:
+        port = server.ready_line.rsplit(":", 1)[1]
+        with Child("embodied.bridge.transport", ["--kind", "rosbridge", "--port", port],
+                   "ready", timeout=15.0):
             with make_transport("rosbridge", port=int(port)) as ours:
                 return round_trips(ours, n, warmup)
 
@@ -143,6 +108,9 @@ class TimedPolicy:
         out = self.policy.act(*args, **kwargs)
         self.times_ms.append((time.perf_counter() - start) * 1e3)
         return out
+
+    def reset(self, num_envs: int) -> None:
+        self.policy.reset(num_envs)
 
 
 def measure_control_loop_jitter(seconds: float = 10.0, rate_hz: float = 50.0) -> dict[str, Any]:

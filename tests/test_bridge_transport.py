@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import queue
 import re
-import select
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -24,6 +20,7 @@ pytest.importorskip("rosbags", reason="needs the bridge extra: pip install 'embo
 from rosbags.typesys import Stores, get_typestore  # noqa: E402
 
 from embodied.bridge import messages  # noqa: E402
+from embodied.bridge.launch import Child, free_port  # noqa: E402
 from embodied.bridge.transport import InProcBus, InProcTransport, Meta, make_transport  # noqa: E402
 
 JS = "sensor_msgs/msg/JointState"
@@ -32,39 +29,6 @@ TRAJ = "trajectory_msgs/msg/JointTrajectory"
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn(args: list[str], ready: str, timeout: float = 10.0) -> tuple[subprocess.Popen, str]:
-    """Start `python -m ...` and wait for its stdout line starting with `ready`."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", *args, "--exit-on-eof"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if select.select([proc.stdout], [], [], 0.1)[0]:
-            line = proc.stdout.readline()
-            if line.startswith(ready):
-                return proc, line.strip()
-            if not line:
-                break
-    stop(proc)
-    raise RuntimeError(f"{' '.join(args)} did not print {ready!r} within {timeout} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    try:
-        proc.stdin.close()
-        proc.wait(3)
-    except Exception:
-        proc.kill()
-        proc.wait(3)
 
 
 class Inbox:
@@ -177,14 +141,11 @@ def zenoh_pair() -> Iterator:
 
     endpoint = f"tcp/127.0.0.1:{free_port()}"
     ours = ZenohTransport(listen=[endpoint], connect=[], node_name="policy")
-    echo = None
     try:
-        echo, _ = spawn(["embodied.bridge.transport", "--kind", "zenoh", "--connect", endpoint],
-                        "ready")
-        yield ours
+        with Child("embodied.bridge.transport", ["--kind", "zenoh", "--connect", endpoint],
+                   "ready", timeout=10.0):
+            yield ours
     finally:
-        if echo is not None:
-            stop(echo)
         ours.close()
 
 
@@ -257,11 +218,9 @@ def test_zenoh_reports_type_mismatch():
 def rosbridge_port() -> Iterator[int]:
     pytest.importorskip("roslibpy", reason="needs the bridge extra: pip install 'embodied[bridge]'")
     pytest.importorskip("websockets", reason="needs the bridge extra")
-    server, line = spawn(["embodied.bridge.rosbridge", "--port", "0"], "listening on")
-    try:
-        yield int(line.rsplit(":", 1)[1])
-    finally:
-        stop(server)
+    with Child("embodied.bridge.rosbridge", ["--port", "0"], "listening on",
+               timeout=10.0) as server:
+        yield int(server.ready_line.rsplit(":", 1)[1])
 
 
 def test_rosbridge_two_clients(rosbridge_port):

@@ -100,8 +100,7 @@ def run_policy_episode(env: RobotEnv, policy: Any, *, rate_hz: float, seed: int,
     executor's timing statistics."""
     robot, cfg = env.robot, policy.config
     every = replan_every or max(1, cfg.n_action_steps - 1)
-    if hasattr(policy, "reset"):
-        policy.reset(1)  # stateful policies (ResiP's base queue) start a new episode
+    policy.reset(1)  # stateful policies (ResiP's base queue) start a new episode
     obs = env.reset(seed=seed)
     history = deque([obs["state"]] * cfg.n_obs_steps, maxlen=cfg.n_obs_steps)
     executor = ChunkExecutor(robot.publish_command, rate_hz, merge=merge, safety=robot.safety)

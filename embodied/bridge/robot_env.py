@@ -97,10 +97,11 @@ class RobotEnv:
             raise RuntimeError("call reset() first (a robot does not reset itself after an "
                                "episode ends)")
         actions = torch.as_tensor(actions)
-        if actions.shape != (1, self.action_dim) or not torch.isfinite(actions).all():
-            raise ValueError(f"actions must be finite with shape (1, {self.action_dim}), got "
+        if actions.shape != (1, self.action_dim):
+            raise ValueError(f"actions must have shape (1, {self.action_dim}), got "
                              f"{tuple(actions.shape)}")
-        sent = self.robot.send_action(actions[0].double().clamp(-1, 1).numpy())
+        # Unclipped: the robot's safety layer clips (and holds on NaN) and logs it.
+        sent = self.robot.send_action(actions[0].double().numpy())
         observation = self.robot.wait_for_observation(self.obs_timeout_s)
         status = self.status = self.robot.episode_status()
         self._elapsed += 1

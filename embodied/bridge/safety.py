@@ -290,6 +290,8 @@ class SafetyLayer:
         callback target for a keyboard, topic or hardware e-stop; safe from any thread."""
         now = self._now(now)
         with self._lock:
+            if self._estop_reason is not None:
+                return  # already latched: e-stop topics repeat at a rate, log it once
             self._estop_reason = reason
             self._holding = "estop"
             self._record(now, "estop", f"e-stop latched: {reason}", None, None, throttle=False)
@@ -303,7 +305,7 @@ class SafetyLayer:
             self._record(now, "estop", f"e-stop reset (was: {self._estop_reason})", None, None,
                          throttle=False)
             self._estop_reason = None
-            self._holding = None
+            self._holding = "disconnect" if self._disconnected else None
             return True
 
     def on_disconnect(self, reason: str = "transport disconnected",
@@ -322,7 +324,7 @@ class SafetyLayer:
             if self._disconnected:
                 self._record(now, "disconnect", "reconnected", None, None, throttle=False)
             self._disconnected = False
-            self._holding = None
+            self._holding = "estop" if self._estop_reason is not None else None
 
     # --- status -----------------------------------------------------------------------------
 
