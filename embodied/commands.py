@@ -8,6 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from embodied.core.errors import ConfigError
 from embodied.core.io import atomic_write_json, atomic_write_text
 from embodied.core.paths import resolve_shipped
 
@@ -107,6 +108,9 @@ def finetune_command(cfg: DictConfig) -> dict[str, Any]:
     name = settings.pop("algorithm")
     base = ChunkPolicy.from_pretrained(resolve_shipped(cfg.base)) if cfg.base else None
     algo = make_finetune(name, base, cfg.task.name, settings, run_dir, _options(cfg))
+    if not cfg.resume and algo.state_path.exists():
+        raise ConfigError(f"{run_dir} already holds a fine-tuning run: pass resume=true to "
+                          "continue it, or another run_dir=... to start afresh")
     if cfg.resume and algo.resume():
         print(f"resuming {run_dir} from iteration {algo.iteration}")
     print(f"finetune {cfg.task.name} from {cfg.base or 'scratch'} with {name} -> {run_dir}")

@@ -48,6 +48,9 @@ def test_value_loss_variants_and_kl():
     torch.testing.assert_close(value_loss(v, r), torch.tensor((0.5 + 4.5) / 2))
     clipped = value_loss(v, r, old_values=old, clip=0.5)  # max(unclipped, clipped) per sample
     torch.testing.assert_close(clipped, torch.tensor((0.5 + 4.5) / 2))
+    # A case where clipping matters: v moved 2 from old; clipped to 0.5 it misses r by 1.5.
+    one = value_loss(torch.tensor([3.0]), torch.tensor([3.0]), torch.tensor([1.0]), clip=0.5)
+    torch.testing.assert_close(one, torch.tensor(0.5 * 1.5**2))
     huber = value_loss(v, r, huber_delta=1.0)
     torch.testing.assert_close(huber, torch.tensor((0.5 + 2.5) / 2))
     assert approx_kl(torch.zeros(5)) == 0

@@ -26,7 +26,10 @@ SMALL = {"num_envs": 8, "decisions_per_iteration": 4, "minibatch_size": 16, "epo
 
 
 def make_algo(kind, sampler, k, tmp_path, algorithm="reinflow", **kw):
-    sampler_kwargs = {"eta": 1.0} if sampler == "ddim" else {}
+    # The std floor keeps every diffusion step stochastic (the last DDIM/DDPM step's own std
+    # is 0, and with K = 1 it is the only step): the ratio check then compares real densities.
+    sampler_kwargs = {"ddim": {"eta": 1.0, "std_min": 0.01}, "ddpm": {"std_min": 0.01}}.get(
+        sampler, {})
     settings = {"sampler": sampler, "sampler_kwargs": sampler_kwargs, **SMALL, **kw}
     return make_finetune(algorithm, base_policy(kind, k), "reach", settings, tmp_path)
 
@@ -45,6 +48,7 @@ def test_ratio_is_one_on_first_minibatch(kind, sampler, k, tmp_path):
     new = algo.policy.log_prob(obs, chain).sum(-1)
     old = chain.log_probs.sum(-1)
     assert torch.isfinite(old).all()
+    assert (old != 0).all()  # every chain has a density: the check below is not 0 == 0
     assert (new - old).abs().max() < 1e-5  # the ratio exp(new - old) is 1 to 1e-5
     algo.update(rollout)  # also runs the built-in first-minibatch check
 
@@ -87,6 +91,8 @@ def test_cli_finetune_smoke(tmp_path):
     assert summary["iterations"] == 2 and summary["episodes"] == 8
     assert 0.0 <= summary["success_before"] <= 1.0 and 0.0 <= summary["success_after"] <= 1.0
     assert (tmp_path / "run" / "curve.png").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and "resume=true" in again.stderr  # no silent overwrite
 
 
 def _first_log_ratio(algo):
@@ -255,3 +261,18 @@ def test_grpo_groups_share_initial_states_and_whole_episodes(tmp_path):
         assert per_env[4 * g:4 * g + 4].sum().abs() < 1e-6  # zero mean within each group
     assert torch.equal(adv[5], per_env)  # every decision of an episode shares its advantage
     algo.update(rollout)  # ratio check on the valid decisions
+
+
+@pytest.mark.parametrize("algorithm", ["reinflow", "dppo"])
+def test_bc_regulariser_runs_in_float64_and_through_frozen_steps(algorithm, tmp_path):
+    kind, sampler = ("diffusion", "ddim") if algorithm == "dppo" else ("flow", "learned_noise")
+    extra = {"finetune_steps": 2, "sampler_kwargs": {"eta": 1.0, "std_min": 0.1}} \
+        if algorithm == "dppo" else {}
+    algo = make_algo(kind, sampler, 4, tmp_path, algorithm, bc_coef=1.0, **extra)
+    rollout, _ = algo.collect()
+    from embodied.policies.samplers import Chain
+
+    chain = Chain(rollout.states[0], rollout.log_probs[0])
+    assert algo._bc_loss(rollout.obs[0], chain).item() == pytest.approx(0.0, abs=1e-12)
+    algo.update(rollout)
+    assert algo._bc_loss(rollout.obs[0], chain).item() > 0  # moved away from the base

@@ -344,3 +344,4 @@ def test_sigkill_loses_at_most_the_episode_in_progress(tmp_path):
         assert w.add_episode(frames, task="resumed") == n
     assert EpisodeDataset(root).num_episodes == n + 1
     assert not list(root.glob("**/.*.tmp"))
+    assert not list(root.glob("**/.*.tmp*"))  # the writer's temp names: .<name>.XXXX.tmp.<ext>

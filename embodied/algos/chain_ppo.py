@@ -41,7 +41,6 @@ from embodied.core.io import atomic_write
 from embodied.core.runlog import RunLogger, plot_curve
 from embodied.envs import make_env
 from embodied.policies.nets import ValueMLP
-from embodied.policies.policy import ChunkPolicy
 from embodied.policies.samplers import Chain
 
 
@@ -191,6 +190,8 @@ class ChainPPO:
         if config.float64:
             self.policy.double()
             self.critic.double()
+            if self.base is not None:
+                self.base.double()
         actor_params = [p for p in self.policy.parameters() if p.requires_grad]
         self.actor_opt = torch.optim.Adam(actor_params, lr=config.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
@@ -351,6 +352,7 @@ class ChainPPO:
         old_lp = stored_lp[:, self.first_trained:]  # from the rollout itself, never recomputed
         if cfg.normalize_advantages and cfg.advantage == "gae":  # grpo's are normalised
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        all_chains = Chain(states, stored_lp, sde)
         total = obs.shape[0]
         metrics: dict[str, list[float]] = {}
         first = True
@@ -365,7 +367,7 @@ class ChainPPO:
             kls = []
             for start in range(0, total, cfg.minibatch_size):
                 idx = order[start:start + cfg.minibatch_size]
-                chain = Chain(states[idx], stored_lp[idx], None if sde is None else sde[idx])
+                chain = all_chains.index(idx)
                 policy_loss, log_ratio, log_std = self._policy_terms(
                     obs[idx], chain, old_lp[idx], adv[idx])
                 if first:
@@ -423,10 +425,11 @@ class ChainPPO:
     def _bc_loss(self, obs: torch.Tensor, chain: Chain) -> torch.Tensor:
         if self.base is None or self.cfg.bc_coef == 0:
             return torch.zeros(())
+        # Deterministic chains of both policies from the same x_0 (DPPO's frozen steps too).
         x0 = chain.states[:, 0]
-        mine = _deterministic_action(self.policy, obs, x0)
+        mine = self.policy.sample(obs, deterministic=True, x0=x0)[1].action
         with torch.no_grad():
-            ref = _deterministic_action(self.base, obs, x0)
+            ref = self.base.sample(obs, deterministic=True, x0=x0)[1].action
         return self.cfg.bc_coef * (mine - ref).square().mean()
 
     # --- loop ---------------------------------------------------------------------------
@@ -526,9 +529,3 @@ class ChainPPO:
                 f.truncate(state["metrics_bytes"])
         self._obs = {}
         return True
-
-
-def _deterministic_action(policy: ChunkPolicy, obs: torch.Tensor, x0: torch.Tensor):
-    denoise_fn, _ = policy._fns(policy.encode(obs))
-    chain = policy.sampler.sample(denoise_fn, None, tuple(x0.shape), deterministic=True, x0=x0)
-    return chain.action

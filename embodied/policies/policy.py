@@ -161,8 +161,11 @@ class ChunkPolicy(nn.Module):
         return self.sample(obs, generator=generator, deterministic=deterministic)[0]
 
     def sample(self, obs: Obs | torch.Tensor, generator: torch.Generator | None = None,
-               deterministic: bool = False) -> tuple[torch.Tensor, Chain]:
-        """(executed chunk [B, Ta, Da] in env space, the denoising chain in policy space)."""
+               deterministic: bool = False,
+               x0: torch.Tensor | None = None) -> tuple[torch.Tensor, Chain]:
+        """(executed chunk [B, Ta, Da] in env space, the denoising chain in policy space).
+
+        x0: the chain's initial noise (default: drawn from `generator`)."""
         cond = self.encode(obs)
         shape = (cond.shape[0], self.config.horizon, self.config.action_dim)
         if self.sampler is None:  # gaussian: a one-step chain (states [0, x]) for PPO
@@ -181,7 +184,7 @@ class ChunkPolicy(nn.Module):
             prefix_fn = self._fns(self.frozen["encoder"](self._normalized_state(obs)),
                                   self.frozen["denoiser"])[0]
         chain = self.sampler.sample(denoise_fn, noise_fn, shape, generator=generator,
-                                    deterministic=deterministic, dtype=self.dtype,
+                                    deterministic=deterministic, x0=x0, dtype=self.dtype,
                                     prefix_fn=prefix_fn, prefix_steps=self.config.frozen_steps)
         return self.to_env_actions(chain.action), chain
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from embodied.policies.config import DIFFUSION_SAMPLERS, FLOW_SAMPLERS
+
 DenoiseFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]  # (x, t[B], d[B] | None)
 NoiseFn = Callable[[Tensor, Tensor], Tensor]  # (x, t[B]) -> raw noise-head output
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -242,7 +244,7 @@ class TimeGrid:
         return torch.diff(self.times)
 
 
-FLOW_MODES = ("ode", "learned_noise", "sde", "sde_hybrid")
+FLOW_MODES = FLOW_SAMPLERS
 
 
 class FlowSampler(_ChainSampler):
@@ -368,7 +370,7 @@ class FlowSampler(_ChainSampler):
                 out.scatter(1, k[:, None], _mean_log_std(std)[:, None]))
 
 
-DIFFUSION_MODES = ("ddpm", "ddim")
+DIFFUSION_MODES = DIFFUSION_SAMPLERS
 
 
 class DiffusionSampler(_ChainSampler):
