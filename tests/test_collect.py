@@ -90,3 +90,16 @@ def test_killed_collection_keeps_every_finished_episode(tmp_path):
         ep = data.episode(i)
         assert len(ep["action"]) == lengths[i] and ep["next.done"][-1]
     assert data.num_frames == lengths.sum()
+
+
+def test_running_collect_again_continues_without_repeating(tmp_path):
+    out = tmp_path / "ds"
+    collect("reach", 2, out, num_envs=2, noise=0.3, seed=0, progress=False)
+    first = EpisodeDataset(out).episode(0)["observation.state"]
+    summary = collect("reach", 4, out, num_envs=2, noise=0.3, seed=0, progress=False)
+    data = EpisodeDataset(out)
+    assert summary["episodes"] == 4 and data.num_episodes == 4
+    for i in (2, 3):  # the continued episodes start elsewhere than the first ones
+        assert not np.array_equal(data.episode(i)["observation.state"][0], first[0])
+    assert collect("reach", 4, out, num_envs=2, progress=False)["episodes"] == 4  # full: no-op
+    assert EpisodeDataset(out).num_episodes == 4

@@ -59,24 +59,31 @@ def collect(task: str, episodes: int, out: str | Path, *, num_envs: int = 16,
             video_dir: str | Path | None = None,
             video_episodes: int = 2, nthread: int = 0, task_options: dict | None = None,
             progress: bool = True) -> dict[str, Any]:
-    """Write `episodes` expert episodes of `task` to the dataset at `out`; return a summary."""
+    """Fill the dataset at `out` up to `episodes` expert episodes of `task`; return a summary.
+
+    Episodes already in the dataset count (a killed run, run again, continues it), and the
+    seeds move on with their number, so a continued run repeats none of them.
+    """
     from embodied.data.experts import make_expert
 
     env = make_env(task, num_envs=num_envs, cameras=tuple(cameras), image_size=image_size,
                    nthread=nthread, **(task_options or {}))
-    generator = torch.Generator().manual_seed(seed + 1)
-    expert = make_expert(task, num_envs=num_envs, noise=noise, generator=generator)
     features = dataset_features(env)
     fps = int(round(1.0 / env.dt))
     buffers = EpisodeBuffers(features, env.max_episode_steps, num_envs)
     frames: list[np.ndarray] = []
     videos: list[str] = []
-    kept = seen = successes = 0
+    seen = successes = 0
     start = time.time()
-    obs = env.reset(seed=seed)
-    expert.reset(torch.arange(num_envs))
-    bar = tqdm(total=episodes, desc=f"collect {task}", unit="ep", disable=not progress)
     with DatasetWriter(out, features, fps=fps, robot_type=f"embodied/{task}") as writer:
+        kept = writer.num_episodes
+        seed += kept * 1_000_003  # a fresh stream for a continued dataset
+        generator = torch.Generator().manual_seed(seed + 1)
+        expert = make_expert(task, num_envs=num_envs, noise=noise, generator=generator)
+        obs = env.reset(seed=seed)
+        expert.reset(torch.arange(num_envs))
+        bar = tqdm(total=episodes, initial=min(kept, episodes), desc=f"collect {task}",
+                   unit="ep", disable=not progress)
         while kept < episodes:
             if video_dir is not None and len(videos) < video_episodes:
                 frames.append(env.render([0])[0])
