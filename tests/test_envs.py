@@ -147,3 +147,12 @@ def test_camera_observations():
     assert obs["rgb_top"].shape == (2, 32, 32, 3) and obs["rgb_top"].dtype == torch.uint8
     obs, *_ = env.step(torch.zeros(2, 2))
     assert obs["rgb_top"].float().std() > 0
+
+
+def test_task_options_are_attributes_not_hooks():
+    from embodied.core.errors import ConfigError
+    from embodied.envs.registry import make_task
+
+    assert make_task("push_cube", reward_type="dense").reward_type == "dense"  # inherited
+    with pytest.raises(ConfigError, match="no option 'observe'.*reward_type"):
+        make_task("push_cube", observe=3)  # a hook, not an option

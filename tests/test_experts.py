@@ -25,3 +25,11 @@ def test_hopper_expert_hops_forward():
 def test_unknown_expert_is_a_clear_error():
     with pytest.raises(ConfigError, match="experts exist for"):
         make_expert("walker2d", 4)
+
+
+def test_scripted_expert_follows_the_task_options():
+    from embodied.data.experts import make_expert
+
+    default = make_expert("push_cube", 1)
+    tuned = make_expert("push_cube", 1, task_options={"max_delta": default.max_delta / 2})
+    assert tuned.max_delta == default.max_delta / 2

@@ -64,7 +64,7 @@ def collect(task: str, episodes: int, out: str | Path, *, num_envs: int = 16,
     Episodes already in the dataset count (a killed run, run again, continues it), and the
     seeds move on with their number, so a continued run repeats none of them.
     """
-    from embodied.data.experts import make_expert
+    from embodied.data.experts import TRAINED_EXPERTS, make_expert
 
     env = make_env(task, num_envs=num_envs, cameras=tuple(cameras), image_size=image_size,
                    nthread=nthread, **(task_options or {}))
@@ -79,7 +79,9 @@ def collect(task: str, episodes: int, out: str | Path, *, num_envs: int = 16,
         kept = writer.num_episodes
         seed += kept * 1_000_003  # a fresh stream for a continued dataset
         generator = torch.Generator().manual_seed(seed + 1)
-        expert = make_expert(task, num_envs=num_envs, noise=noise, generator=generator)
+        expert_options = {} if task in TRAINED_EXPERTS else {"task_options": task_options}
+        expert = make_expert(task, num_envs=num_envs, noise=noise, generator=generator,
+                             **expert_options)
         obs = env.reset(seed=seed)
         expert.reset(torch.arange(num_envs))
         bar = tqdm(total=episodes, initial=min(kept, episodes), desc=f"collect {task}",

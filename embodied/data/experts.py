@@ -21,7 +21,7 @@ the only source of randomness (same generator seed, same demonstrations).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load_file
@@ -46,15 +46,16 @@ class ScriptedExpert:
 
     def __init__(self, num_envs: int, noise: float = 0.0,
                  generator: torch.Generator | None = None, max_delta: float | None = None,
-                 device: str | torch.device = "cpu") -> None:
-        task_cls = get_task_class(self.task_name)
-        self.layout = dict(getattr(task_cls, "obs_layout", self.obs_layout))
-        default_delta = getattr(task_cls, "max_delta", 1.0)
+                 device: str | torch.device = "cpu",
+                 task_options: dict[str, Any] | None = None) -> None:
+        # The task as configured (options such as max_delta change the expert's gains too).
+        task = get_task_class(self.task_name)(**(task_options or {}))
+        self.layout = dict(getattr(task, "obs_layout", self.obs_layout))
+        default_delta = getattr(task, "max_delta", 1.0)
         self.max_delta = float(max_delta if max_delta is not None else default_delta)
-        self.task_cls = task_cls
         f64 = {"dtype": torch.float64, "device": device}
-        self._low = torch.tensor(getattr(task_cls, "workspace_low", (-1e9,) * 3), **f64)
-        self._high = torch.tensor(getattr(task_cls, "workspace_high", (1e9,) * 3), **f64)
+        self._low = torch.tensor(getattr(task, "workspace_low", (-1e9,) * 3), **f64)
+        self._high = torch.tensor(getattr(task, "workspace_high", (1e9,) * 3), **f64)
         self.num_envs, self.noise, self.device = num_envs, float(noise), torch.device(device)
         self.generator = generator if generator is not None else torch.Generator(self.device)
         self.phase = torch.zeros(num_envs, dtype=torch.long, device=self.device)
@@ -328,7 +329,7 @@ def make_expert(task_name: str, num_envs: int, noise: float = 0.0,
     """The expert of `task_name` (scripted, or trained from assets/) for `num_envs` envs."""
     if task_name in TRAINED_EXPERTS:
         path = ASSETS_DIR / TRAINED_EXPERTS[task_name]
-        return MLPExpert(path, num_envs, noise=noise, generator=generator)
+        return MLPExpert(path, num_envs, noise=noise, generator=generator)  # no task options
     try:
         cls = EXPERTS[task_name]
     except KeyError:

@@ -45,10 +45,18 @@ class Task:
     cameras: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
 
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """The task's options: its public, non-callable class attributes (inherited too)."""
+        names = {k for c in cls.__mro__ for k, v in vars(c).items()
+                 if not k.startswith("_") and not callable(v)
+                 and not isinstance(v, (property, classmethod, staticmethod))}
+        return sorted(names)
+
     def __init__(self, **options: Any) -> None:
+        known = self.option_names()
         for key, value in options.items():
-            if not hasattr(self, key) or key.startswith("_"):
-                known = sorted(k for k in vars(type(self)) if not k.startswith("_"))
+            if key not in known:  # hooks (methods) are not options either
                 raise ConfigError(
                     f"task {self.name!r} has no option {key!r}; options it takes: {known}"
                 )
