@@ -276,3 +276,10 @@ def test_bc_regulariser_runs_in_float64_and_through_frozen_steps(algorithm, tmp_
     assert algo._bc_loss(rollout.obs[0], chain).item() == pytest.approx(0.0, abs=1e-12)
     algo.update(rollout)
     assert algo._bc_loss(rollout.obs[0], chain).item() > 0  # moved away from the base
+
+
+def test_finetune_steps_outside_dppo_is_an_error_not_ignored(tmp_path):
+    from embodied.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="algo=dppo"):
+        make_algo("flow", "learned_noise", 4, tmp_path, "reinflow", finetune_steps=2)

@@ -201,7 +201,11 @@ class ChainPPO:
         self.env_steps = 0
         self.before: dict[str, Any] | None = None
         # Steps that enter the ratio: the last K' of the chain (DPPO) or all of them.
-        self.first_trained = getattr(self.policy.config, "frozen_steps", 0)
+        self.first_trained = self.policy.config.frozen_steps
+        k = self.policy.num_chain_steps
+        if config.finetune_steps is not None and config.finetune_steps != k - self.first_trained:
+            raise ConfigError(f"finetune_steps={config.finetune_steps} needs a policy built with "
+                              f"{k - config.finetune_steps} frozen steps (algo=dppo does that)")
         self.clips = config.clip_schedule(self.policy.num_chain_steps - self.first_trained)
         self.state_path = self.run_dir / "checkpoints" / "train_state.pt"
         self._obs: dict[str, torch.Tensor] = {}
