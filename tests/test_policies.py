@@ -116,3 +116,12 @@ def test_bad_checkpoints_and_configs_are_clear(tmp_path):
         PolicyConfig(obs_dim=3, action_dim=2, horizon=2, n_action_steps=4)
     with pytest.raises(ConfigError, match="obs_dim"):
         PolicyConfig()
+
+
+def test_shortcut_start_times_cover_every_slot_and_leave_room():
+    from embodied.policies.policy import shortcut_start_times
+
+    d = torch.full((4000,), 0.25)
+    t = shortcut_start_times(d, torch.Generator().manual_seed(0))
+    assert set(t.tolist()) == {0.0, 0.25, 0.5}  # every j in {0, 1, 2}, t + 2d <= 1
+    assert shortcut_start_times(torch.full((50,), 0.5)).eq(0).all()

@@ -248,9 +248,7 @@ class ChunkPolicy(nn.Module):
         # 2d in {1, 1/2, ..., 2/M}; t on the grid of d so that t + 2d <= 1.
         level = torch.randint(0, levels, (n_sc,), generator=generator)
         d = 0.5 ** (level.float() + 1)
-        slots = (1.0 / d).round() - 1  # t = j * d, j in [0, 1/d - 2]
-        j = (torch.rand(n_sc, generator=generator) * (slots - 1).clamp(min=1)).floor()
-        t_sc = j * d
+        t_sc = shortcut_start_times(d, generator)
         x0 = torch.randn(x_t[:n_sc].shape, generator=generator)
         a = x_t[:n_sc] + (1 - t[:n_sc, None, None]) * velocity[:n_sc]  # the clean action
         x_sc = (1 - t_sc[:, None, None]) * x0 + t_sc[:, None, None] * a
@@ -324,3 +322,10 @@ class ChunkPolicy(nn.Module):
             raise ConfigError(f"weights do not fit the config (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]})")
         return policy.eval()
+
+
+def shortcut_start_times(d: torch.Tensor, generator: torch.Generator | None = None):
+    """Uniform t on the grid of step size d [B] with room for a double step: t = j d,
+    j in {0, ..., 1/d - 2} (so t + 2d <= 1)."""
+    slots = (1.0 / d).round() - 1
+    return (torch.rand(d.shape, generator=generator) * slots).floor() * d
