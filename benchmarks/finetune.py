@@ -171,6 +171,8 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="embodied_finetune_bench_"))
     results = [r for task in args.tasks for name in args.algos
                if (r := run_one(task, name, args, out)) is not None]
+    if not results:
+        raise SystemExit("nothing ran: no shipped base for these tasks and algorithms")
 
     print(f"\n{args.iterations} iterations x {args.num_envs} envs, eval every "
           f"{args.eval_every} on {args.eval_episodes} episodes (seed 10000); runs in {out}")
@@ -178,7 +180,7 @@ def main() -> None:
           f"{'seconds':>9}{'steps/s':>9}{'sim':>6}{'policy':>7}{'update':>7}")
     for r in results:
         s = r["share"]
-        print(f"{r['task']:<11}{r['algo']:<14}{r['success_before']:>7.2f}"
+        print(f"{r['task']:<11}{r['algo']:<14}{r['success_before'] or 0:>7.2f}"
               f"{r['success_after']:>7.2f}{r['env_steps']:>11}{r['seconds']:>9.0f}"
               f"{r['loop_env_steps_per_s']:>9.0f}{s['sim']:>6.0%}{s['policy']:>7.0%}"
               f"{s['update']:>7.0%}")
