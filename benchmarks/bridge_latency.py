@@ -3,7 +3,7 @@
     python benchmarks/bridge_latency.py [--n 1000] [--warmup 100] [--loop-seconds 10]
 
 Over loopback, this process publishes a JointState observation and waits for the answer:
-an echo process (`python -m embodied.bridge.transport`, a stand-in controller) subscribes to
+an echo process (`python -m embodied.sim2real.transport`, a stand-in controller) subscribes to
 the observation and publishes a Float64MultiArray command on receipt. One round trip is
 publish -> echo's callback -> echo's publish -> our callback, timed with perf_counter_ns,
 so it includes CDR or JSON encoding and decoding on both sides. Requests go one at a time.
@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from embodied.bridge import messages
-from embodied.bridge.launch import Child, free_port
-from embodied.bridge.transport import CMD_TYPE, OBS_TYPE, Transport, make_transport
+from embodied.sim2real import messages
+from embodied.sim2real.launch import Child, free_port
+from embodied.sim2real.transport import CMD_TYPE, OBS_TYPE, Transport, make_transport
 
 JOINTS = [f"joint{i}" for i in range(7)]
 
@@ -83,15 +83,15 @@ def round_trips(transport: Transport, n: int, warmup: int) -> np.ndarray:
 def bench_zenoh(n: int, warmup: int) -> np.ndarray:
     endpoint = f"tcp/127.0.0.1:{free_port()}"
     with make_transport("zenoh", listen=[endpoint], connect=[], node_name="bench") as ours:
-        with Child("embodied.bridge.transport", ["--kind", "zenoh", "--connect", endpoint],
+        with Child("embodied.sim2real.transport", ["--kind", "zenoh", "--connect", endpoint],
                    "ready", timeout=15.0):
             return round_trips(ours, n, warmup)
 
 
 def bench_rosbridge(n: int, warmup: int) -> np.ndarray:
-    with Child("embodied.bridge.rosbridge", ["--port", "0"], "listening on") as server:
+    with Child("embodied.sim2real.rosbridge", ["--port", "0"], "listening on") as server:
         port = server.ready_line.rsplit(":", 1)[1]
-        with Child("embodied.bridge.transport", ["--kind", "rosbridge", "--port", port],
+        with Child("embodied.sim2real.transport", ["--kind", "rosbridge", "--port", port],
                    "ready", timeout=15.0):
             with make_transport("rosbridge", port=int(port)) as ours:
                 return round_trips(ours, n, warmup)
@@ -118,8 +118,8 @@ def measure_control_loop_jitter(seconds: float = 10.0, rate_hz: float = 50.0) ->
     import torch
     import yaml
 
-    from embodied.bridge.deploy import open_robot, run_policy_episode
-    from embodied.bridge.robot_env import RobotEnv
+    from embodied.sim2real.deploy import open_robot, run_policy_episode
+    from embodied.sim2real.robot_env import RobotEnv
     from embodied.core.paths import ASSETS_DIR, CONFIGS_DIR
     from embodied.policies.residual import load_policy
 

@@ -29,7 +29,7 @@ examples:
   embodied pretrain task=push_cube dataset=data/push_cube policy=flow_mlp
   embodied eval task=push_cube checkpoint=runs/pretrain_push_cube_flow_mlp/policy
   embodied finetune task=pick_place algo=reinflow algo.iterations=300
-  embodied deploy robot=fake policy=embodied/assets/base/push_cube_flow transport=zenoh
+  embodied deploy robot=fake policy=assets/base/push_cube_flow transport=zenoh
   embodied record robot=fake task=push_cube episodes=5 repo=data/robot_push_cube
   embodied collect --cfg        (print the composed config and exit)
 """

@@ -129,7 +129,7 @@ def finetune_command(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _robot_settings(cfg: DictConfig) -> dict[str, Any]:
-    """What `embodied.bridge.deploy.deploy` and `record` share, from their configs."""
+    """What `embodied.sim2real.deploy.deploy` and `record` share, from their configs."""
     return {"transport": cfg.transport, "rate_hz": cfg.rate_hz, "seed": cfg.seed,
             "task_options": _options(cfg), "obs_timeout_s": cfg.obs_timeout_s,
             "connect_timeout_s": cfg.connect_timeout_s}
@@ -138,12 +138,12 @@ def _robot_settings(cfg: DictConfig) -> dict[str, Any]:
 def deploy_command(cfg: DictConfig) -> dict[str, Any]:
     import sys
 
-    from embodied.bridge.deploy import deploy
+    from embodied.sim2real.deploy import deploy
     from embodied.core.errors import EmbodiedError
 
     if not cfg.checkpoint:
         raise SystemExit("embodied deploy: pass policy=<policy dir> (e.g. "
-                         "embodied/assets/base/push_cube_flow)")
+                         "assets/base/push_cube_flow)")
     run_dir = _start_run(cfg)
     # The control loop shares the interpreter with the policy: hand the GIL over every 1 ms
     # (default 5 ms), so the executor thread wakes close to its deadlines.
@@ -168,7 +168,7 @@ def deploy_command(cfg: DictConfig) -> dict[str, Any]:
 
 
 def record_command(cfg: DictConfig) -> dict[str, Any]:
-    from embodied.bridge.deploy import record
+    from embodied.sim2real.deploy import record
     from embodied.core.errors import EmbodiedError
 
     run_dir = _start_run(cfg)

@@ -1,4 +1,4 @@
-"""Regenerate embodied/configs/algo/*.yaml from the algorithms' config dataclasses.
+"""Regenerate configs/algo/*.yaml from the algorithms' config dataclasses.
 
 Run after changing a config dataclass: `python scripts/make_algo_configs.py`; a test fails
 while a YAML and its dataclass disagree on the set of fields.
@@ -24,7 +24,7 @@ def write(name, algorithm, overrides, doc):
     body = yaml.safe_dump({"algorithm": algorithm, **cfg}, sort_keys=False)
     head = (f"# {doc}\n# Generated from embodied.algos.{algorithm}.{cls.__name__}: every field, "
             "so any can be overridden as algo.<field>=...\n")
-    open(f"embodied/configs/algo/{name}.yaml", "w").write(head + body)
+    open(f"configs/algo/{name}.yaml", "w").write(head + body)
 for name in FINETUNE_ALGORITHMS:
     write(name, name, {}, docs[name])
 write("flow_sde_hybrid", "flow_sde", {"sampler": "sde_hybrid"},

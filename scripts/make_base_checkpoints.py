@@ -5,8 +5,8 @@
 
 For each task: collect a deliberately small, noisy demonstration set with the task's expert,
 behaviour-clone a flow-matching MLP policy (K=4 Euler steps, Tp=8, Ta=4) on it, evaluate it
-with the fixed protocol below, and write the policy to embodied/assets/base/<task>_flow/
-plus a row of embodied/assets/base/README.md. The recipe per task is in RECIPES; the aim is
+with the fixed protocol below, and write the policy to assets/base/<task>_flow/
+plus a row of assets/base/README.md. The recipe per task is in RECIPES; the aim is
 a base success of roughly 20-70%, leaving room for RL fine-tuning.
 
 Evaluation protocol (the same as `embodied eval task=<task> checkpoint=<dir>
@@ -72,7 +72,7 @@ def make_base(task: str, out_root: Path, work: Path, kind: str = "flow") -> dict
     trainer.train(progress=False)
     result = evaluate(trainer.ema, task, EVAL["episodes"], seed=EVAL["seed"])
     out = trainer.ema.save_pretrained(out_root / f"{task}_{kind}")
-    row = {"task": task, "checkpoint": f"embodied/assets/base/{task}_{kind}", "kind": kind,
+    row = {"task": task, "checkpoint": f"assets/base/{task}_{kind}", "kind": kind,
            "demos": demos["episodes"], "demo_noise": recipe["noise"],
            "demo_success": round(demos["success_rate"], 3), "bc_steps": recipe["steps"],
            "success_rate": result["success_rate"], "return_mean": round(result["return_mean"], 2),
@@ -92,7 +92,7 @@ def write_table(out_root: Path) -> None:
         "`scripts/make_base_checkpoints.py`, so that they succeed sometimes but not always:",
         "`<task>_flow` (flow matching, K=4 Euler steps) and `<task>_diffusion` (DDPM with",
         "100 train steps, sampled with K=5 DDIM steps; DPPO's setting). Reproduce a row with",
-        "`embodied eval task=<task> checkpoint=embodied/assets/base/<task>_<kind> "
+        "`embodied eval task=<task> checkpoint=assets/base/<task>_<kind> "
         "episodes=100 seed=0`",
         "(100 episodes: the first episode of each env, env seeds 0 and 1 for the two batches of",
         "at most 64 envs, policy noise from seed 0, noise-free denoising).",

@@ -1,6 +1,6 @@
 """Train the shipped Hopper expert: Stable-Baselines3 SAC on our batched Hopper task.
 
-    python scripts/train_hopper_expert.py --steps 200000 --out embodied/assets/experts/hopper_sac
+    python scripts/train_hopper_expert.py --steps 200000 --out assets/experts/hopper_sac
 
 Writes `<out>.safetensors` (the deterministic actor: two ReLU layers and the mean head,
 ~300 KB; `embodied.data.experts.MLPExpert` runs it in plain torch, no SB3 needed) and
@@ -62,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="embodied/assets/experts/hopper_sac")
+    parser.add_argument("--out", default="assets/experts/hopper_sac")
     args = parser.parse_args()
     torch.set_num_threads(1)
     venv = SB3VecEnv(make_env("hopper", num_envs=1, nthread=1))

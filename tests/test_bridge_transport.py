@@ -19,9 +19,9 @@ pytest.importorskip("rosbags", reason="needs the bridge extra: pip install 'embo
 
 from rosbags.typesys import Stores, get_typestore  # noqa: E402
 
-from embodied.bridge import messages  # noqa: E402
-from embodied.bridge.launch import Child, free_port  # noqa: E402
-from embodied.bridge.transport import InProcBus, InProcTransport, Meta, make_transport  # noqa: E402
+from embodied.sim2real import messages  # noqa: E402
+from embodied.sim2real.launch import Child, free_port  # noqa: E402
+from embodied.sim2real.transport import InProcBus, InProcTransport, Meta, make_transport  # noqa: E402
 
 JS = "sensor_msgs/msg/JointState"
 F64 = "std_msgs/msg/Float64MultiArray"
@@ -137,12 +137,12 @@ def test_inproc_pub_sub():
 def zenoh_pair() -> Iterator:
     """Our ZenohTransport listening on loopback, and an echo process connected to it."""
     pytest.importorskip("zenoh", reason="needs the bridge extra: pip install 'embodied[bridge]'")
-    from embodied.bridge.zenoh_transport import ZenohTransport
+    from embodied.sim2real.zenoh_transport import ZenohTransport
 
     endpoint = f"tcp/127.0.0.1:{free_port()}"
     ours = ZenohTransport(listen=[endpoint], connect=[], node_name="policy")
     try:
-        with Child("embodied.bridge.transport", ["--kind", "zenoh", "--connect", endpoint],
+        with Child("embodied.sim2real.transport", ["--kind", "zenoh", "--connect", endpoint],
                    "ready", timeout=10.0):
             yield ours
     finally:
@@ -150,7 +150,7 @@ def zenoh_pair() -> Iterator:
 
 
 def test_zenoh_two_processes(zenoh_pair):
-    from embodied.bridge.zenoh_transport import topic_key, unpack_attachment
+    from embodied.sim2real.zenoh_transport import topic_key, unpack_attachment
 
     ours = zenoh_pair
     inbox = Inbox()
@@ -193,7 +193,7 @@ def test_zenoh_two_processes(zenoh_pair):
 
 def test_zenoh_reports_type_mismatch():
     pytest.importorskip("zenoh", reason="needs the bridge extra: pip install 'embodied[bridge]'")
-    from embodied.bridge.zenoh_transport import ZenohTransport
+    from embodied.sim2real.zenoh_transport import ZenohTransport
 
     with ZenohTransport(connect=[], listen=[]) as z:
         inbox = Inbox()
@@ -218,13 +218,13 @@ def test_zenoh_reports_type_mismatch():
 def rosbridge_port() -> Iterator[int]:
     pytest.importorskip("roslibpy", reason="needs the bridge extra: pip install 'embodied[bridge]'")
     pytest.importorskip("websockets", reason="needs the bridge extra")
-    with Child("embodied.bridge.rosbridge", ["--port", "0"], "listening on",
+    with Child("embodied.sim2real.rosbridge", ["--port", "0"], "listening on",
                timeout=10.0) as server:
         yield int(server.ready_line.rsplit(":", 1)[1])
 
 
 def test_rosbridge_two_clients(rosbridge_port):
-    from embodied.bridge.rosbridge import RosbridgeTransport
+    from embodied.sim2real.rosbridge import RosbridgeTransport
 
     robot = RosbridgeTransport(port=rosbridge_port)
     policy = RosbridgeTransport(port=rosbridge_port, type_style="ros1")
@@ -253,7 +253,7 @@ def test_rosbridge_two_clients(rosbridge_port):
 
 
 def test_rosbridge_server_refuses_type_clash(rosbridge_port):
-    from embodied.bridge.rosbridge import RosbridgeTransport
+    from embodied.sim2real.rosbridge import RosbridgeTransport
 
     a, b = RosbridgeTransport(port=rosbridge_port), RosbridgeTransport(port=rosbridge_port)
     try:

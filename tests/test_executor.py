@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from embodied.bridge.executor import ChunkExecutor
-from embodied.bridge.safety import SafetyConfig, SafetyLayer
+from embodied.sim2real.executor import ChunkExecutor
+from embodied.sim2real.safety import SafetyConfig, SafetyLayer
 from embodied.core.errors import ConfigError
 
 STATS_KEYS = {"steps", "sent", "stale_dropped", "starved", "deadline_misses", "jitter_ms_p50",

@@ -29,14 +29,14 @@ import yaml
 pytest.importorskip("rosbags", reason="needs the bridge extra: pip install 'embodied[bridge]'")
 pytest.importorskip("zenoh", reason="needs the bridge extra: pip install 'embodied[bridge]'")
 
-from embodied.bridge import messages  # noqa: E402
-from embodied.bridge.fake_robot import FakeRobot  # noqa: E402
-from embodied.bridge.launch import fake_robot  # noqa: E402
-from embodied.bridge.robot import BridgeRobot, EpisodeStatus  # noqa: E402
-from embodied.bridge.robot_env import RobotEnv  # noqa: E402
-from embodied.bridge.safety import SafetyConfig, SafetyLayer  # noqa: E402
-from embodied.bridge.topic_map import Source, TopicMap  # noqa: E402
-from embodied.bridge.transport import InProcBus, InProcTransport, make_transport  # noqa: E402
+from embodied.sim2real import messages  # noqa: E402
+from embodied.sim2real.fake_robot import FakeRobot  # noqa: E402
+from embodied.sim2real.launch import fake_robot  # noqa: E402
+from embodied.sim2real.robot import BridgeRobot, EpisodeStatus  # noqa: E402
+from embodied.sim2real.robot_env import RobotEnv  # noqa: E402
+from embodied.sim2real.safety import SafetyConfig, SafetyLayer  # noqa: E402
+from embodied.sim2real.topic_map import Source, TopicMap  # noqa: E402
+from embodied.sim2real.transport import InProcBus, InProcTransport, make_transport  # noqa: E402
 from embodied.core.errors import ConfigError, RobotError  # noqa: E402
 from embodied.core.paths import ASSETS_DIR, CONFIGS_DIR  # noqa: E402
 from embodied.data.dataset import EpisodeDataset  # noqa: E402

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from embodied.bridge.safety import (
+from embodied.sim2real.safety import (
     CLIP_RULES,
     HOLD_RULES,
     Intervention,
@@ -39,7 +39,7 @@ def assert_explained(events: list[Intervention]) -> None:
 
 def test_out_of_limit_action_is_clipped_and_logged(caplog):
     layer, events = make_layer()
-    with caplog.at_level(logging.WARNING, logger="embodied.bridge.safety"):
+    with caplog.at_level(logging.WARNING, logger="embodied.sim2real.safety"):
         out = layer.filter([0.5, -2.0, 1.7], now=0.01)
     np.testing.assert_array_equal(out, [0.5, -1.0, 1.0])
     assert [e.rule for e in events] == ["action_limit"]

@@ -1,21 +1,41 @@
-"""Bridge between our policies and a ROS robot, without a ROS install.
+"""Deprecated alias of `embodied.sim2real` (the design card's name), kept for one release.
 
-`messages` turns plain dicts into ROS 2 CDR bytes and back (via rosbags); a `Transport`
-(`make_transport("inproc" | "zenoh" | "rosbridge", ...)`) moves them: zenoh in rmw_zenoh's
-wire format for ROS 2 on Zenoh, rosbridge JSON for everything else.
-
-Nothing is imported eagerly: `import embodied.bridge.<module>` must work for modules that
-do not need the optional `bridge` extra (rosbags, zenoh, roslibpy).
+`import embodied.bridge.robot` returns the very module `embodied.sim2real.robot` (one
+module object under two names, so classes and isinstance checks agree).
 """
 
-from typing import Any
+from __future__ import annotations
 
-__all__ = ["Meta", "Transport", "make_transport"]
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+import warnings
+
+warnings.warn("embodied.bridge is now embodied.sim2real; the old name goes in the next "
+              "release", DeprecationWarning, stacklevel=2)
+
+_OLD, _NEW = __name__, "embodied.sim2real"
 
 
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from embodied.bridge import transport
+class _AliasLoader(importlib.abc.Loader):
+    def create_module(self, spec):
+        module = importlib.import_module(_NEW + spec.name[len(_OLD):])
+        self._real_spec = module.__spec__
+        return module
 
-        return getattr(transport, name)
-    raise AttributeError(f"module 'embodied.bridge' has no attribute {name!r}")
+    def exec_module(self, module) -> None:  # the real module already ran
+        module.__spec__ = self._real_spec  # importlib set the alias's spec on it
+
+
+class _AliasFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        if not fullname.startswith(_OLD + "."):
+            return None
+        if importlib.util.find_spec(_NEW + fullname[len(_OLD):]) is None:
+            return None
+        return importlib.util.spec_from_loader(fullname, _AliasLoader())
+
+
+if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):
+    sys.meta_path.insert(0, _AliasFinder())

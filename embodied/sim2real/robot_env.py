@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from embodied.bridge.robot import EpisodeStatus, Robot
+from embodied.sim2real.robot import EpisodeStatus, Robot
 from embodied.core.errors import RobotError
 from embodied.envs import make_env
 

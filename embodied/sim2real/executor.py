@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from embodied.bridge.safety import SafetyLayer
+from embodied.sim2real.safety import SafetyLayer
 from embodied.core.errors import ConfigError
 
-logger = logging.getLogger("embodied.bridge.executor")
+logger = logging.getLogger("embodied.sim2real.executor")
 
 MERGES = ("replace", "ensemble", "weighted")
 

@@ -10,7 +10,7 @@ topic part of the protocol (advertise, unadvertise, publish, subscribe, unsubscr
 relaying every publish to the clients subscribed to its topic; it stands in for the ROS side
 in tests and benchmarks:
 
-    python -m embodied.bridge.rosbridge --port 9090      # --port 0 picks a free port
+    python -m embodied.sim2real.rosbridge --port 9090      # --port 0 picks a free port
 
 JSON conventions (rosbridge's): messages are dicts in ROS field names, uint8[] data is a
 base64 string, times are {"sec", "nanosec"} (ROS 2) or {"secs", "nsecs"} (ROS 1, with
@@ -29,8 +29,8 @@ import threading
 import time
 from typing import Any
 
-from embodied.bridge import messages
-from embodied.bridge.transport import Callback, Meta, Transport, ros_topic
+from embodied.sim2real import messages
+from embodied.sim2real.transport import Callback, Meta, Transport, ros_topic
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class RosbridgeTransport(Transport):
             raise ConnectionError(
                 f"no rosbridge server answered at ws://{host}:{port} within {timeout} s: start "
                 "one (`ros2 launch rosbridge_server rosbridge_websocket_launch.xml`, or for "
-                "tests `python -m embodied.bridge.rosbridge --port N`)"
+                "tests `python -m embodied.sim2real.rosbridge --port N`)"
             ) from exc
         self._publishers: dict[str, tuple[str, Any]] = {}
         self._subscribers: list[Any] = []

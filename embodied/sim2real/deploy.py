@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from embodied.bridge.executor import ChunkExecutor
-from embodied.bridge.launch import fake_robot
-from embodied.bridge.robot import BridgeRobot
-from embodied.bridge.robot_env import RobotEnv
-from embodied.bridge.safety import Intervention, KeyboardEstop
-from embodied.bridge.topic_map import TopicMap
-from embodied.bridge.transport import make_transport
+from embodied.sim2real.executor import ChunkExecutor
+from embodied.sim2real.launch import fake_robot
+from embodied.sim2real.robot import BridgeRobot
+from embodied.sim2real.robot_env import RobotEnv
+from embodied.sim2real.safety import Intervention, KeyboardEstop
+from embodied.sim2real.topic_map import TopicMap
+from embodied.sim2real.transport import make_transport
 from embodied.core.errors import ConfigError
 from embodied.envs import make_env
 

@@ -1,11 +1,11 @@
 """The interface every bridge transport implements, an in-process one, and a factory.
 
-A transport moves ROS 2 messages, as the plain dicts of `embodied.bridge.messages`, between
+A transport moves ROS 2 messages, as the plain dicts of `embodied.sim2real.messages`, between
 our policy process and a robot: `publish(topic, type, dict)` and `subscribe(topic, type,
 callback(dict, Meta))`. Callbacks run on the transport's own thread; keep them short (hand
 the data to a queue or an executor) since the next message waits for them.
 
-    python -m embodied.bridge.transport --kind zenoh --connect tcp/127.0.0.1:7447
+    python -m embodied.sim2real.transport --kind zenoh --connect tcp/127.0.0.1:7447
 
 runs a stand-in controller for dry runs, tests and benchmarks: it answers every JointState
 on `--obs` with a Float64MultiArray of the same positions on `--cmd`.
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from embodied.bridge import messages
+from embodied.sim2real import messages
 
 
 def ros_topic(topic: str) -> str:
@@ -139,11 +139,11 @@ def make_transport(kind: str, **options: Any) -> Transport:
     if kind == "inproc":
         return InProcTransport(**options)
     if kind == "zenoh":
-        from embodied.bridge.zenoh_transport import ZenohTransport
+        from embodied.sim2real.zenoh_transport import ZenohTransport
 
         return ZenohTransport(**options)
     if kind == "rosbridge":
-        from embodied.bridge.rosbridge import RosbridgeTransport
+        from embodied.sim2real.rosbridge import RosbridgeTransport
 
         return RosbridgeTransport(**options)
     raise ValueError(f"unknown transport kind {kind!r}; valid kinds are {', '.join(KINDS)}")

@@ -84,7 +84,7 @@ def fake_robot_args(task: str, rate_hz: float | None = None, seed: int = 0,
                     latency_ms: float = 0.0, drop: float = 0.0,
                     disconnect_after_s: float | None = None, disconnect_for_s: float = 0.0,
                     task_options: dict[str, Any] | None = None) -> list[str]:
-    """Command-line arguments of `python -m embodied.bridge.fake_robot` (transport aside)."""
+    """Command-line arguments of `python -m embodied.sim2real.fake_robot` (transport aside)."""
     args = ["--task", task, "--seed", str(seed), "--latency-ms", str(latency_ms),
             "--drop", str(drop), "--disconnect-for-s", str(disconnect_for_s)]
     if rate_hz:
@@ -104,15 +104,15 @@ def fake_robot(kind: str, timeout: float = 60.0, **settings: Any) -> Iterator[di
     with ExitStack() as stack:
         if kind == "zenoh":
             endpoint = f"tcp/127.0.0.1:{free_port()}"
-            stack.enter_context(Child("embodied.bridge.fake_robot",
+            stack.enter_context(Child("embodied.sim2real.fake_robot",
                                       ["--transport", "zenoh", "--listen", endpoint, *args],
                                       "ready", timeout))
             yield {"connect": [endpoint], "node_name": "embodied_deploy"}
         elif kind == "rosbridge":
-            server = stack.enter_context(Child("embodied.bridge.rosbridge", ["--port", "0"],
+            server = stack.enter_context(Child("embodied.sim2real.rosbridge", ["--port", "0"],
                                                "listening on", timeout))
             port = server.ready_line.rsplit(":", 1)[1]
-            stack.enter_context(Child("embodied.bridge.fake_robot",
+            stack.enter_context(Child("embodied.sim2real.fake_robot",
                                       ["--transport", "rosbridge", "--port", port, *args],
                                       "ready", timeout))
             yield {"host": "127.0.0.1", "port": int(port)}

@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from embodied.bridge import messages
-from embodied.bridge.safety import Intervention, SafetyConfig, SafetyLayer
-from embodied.bridge.topic_map import STRING, TopicMap
-from embodied.bridge.transport import Meta, Transport
+from embodied.sim2real import messages
+from embodied.sim2real.safety import Intervention, SafetyConfig, SafetyLayer
+from embodied.sim2real.topic_map import STRING, TopicMap
+from embodied.sim2real.transport import Meta, Transport
 from embodied.core.errors import ConfigError, RobotError
 
 log = logging.getLogger(__name__)

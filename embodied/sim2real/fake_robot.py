@@ -1,6 +1,6 @@
 """A fake robot: a built-in MuJoCo task stepping in real time behind a bridge transport.
 
-    python -m embodied.bridge.fake_robot --task push_cube --transport zenoh \
+    python -m embodied.sim2real.fake_robot --task push_cube --transport zenoh \
         --listen tcp/127.0.0.1:7447 [--rate 25] [--latency-ms 20] [--drop 0.05] \
         [--disconnect-after-s 5 --disconnect-for-s 1] [--option max_episode_steps=50]
 
@@ -44,10 +44,10 @@ import mujoco
 import numpy as np
 import torch
 
-from embodied.bridge import messages
-from embodied.bridge.robot import EpisodeStatus
-from embodied.bridge.topic_map import STRING
-from embodied.bridge.transport import Meta, Transport, make_transport
+from embodied.sim2real import messages
+from embodied.sim2real.robot import EpisodeStatus
+from embodied.sim2real.topic_map import STRING
+from embodied.sim2real.transport import Meta, Transport, make_transport
 from embodied.envs import make_env
 
 log = logging.getLogger(__name__)

@@ -42,7 +42,7 @@ import numpy as np
 
 from embodied.core.errors import ConfigError
 
-logger = logging.getLogger("embodied.bridge.safety")
+logger = logging.getLogger("embodied.sim2real.safety")
 
 HOLD_MODES = ("hold_position", "zero")
 HOLD_RULES = ("estop", "disconnect", "stale", "workspace", "nonfinite", "watchdog")
@@ -175,7 +175,7 @@ class SafetyLayer:
     """Filters every command; thread-safe (transport, control loop and e-stop threads).
 
     Each intervention is appended to `interventions` (bounded) and passed to `log`. The
-    Python logger ("embodied.bridge.safety", WARNING) gets every hold and state change, but at
+    Python logger ("embodied.sim2real.safety", WARNING) gets every hold and state change, but at
     most one clip/cap line per rule per second, so a policy clipped at 100 Hz does not flood
     it. A hold is recorded once when it starts, not on every period it lasts.
     """

@@ -47,8 +47,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from embodied.bridge import messages
-from embodied.bridge.transport import Callback, Meta, Transport, ros_topic
+from embodied.sim2real import messages
+from embodied.sim2real.transport import Callback, Meta, Transport, ros_topic
 
 try:
     import zenoh
