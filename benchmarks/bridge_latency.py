@@ -118,10 +118,10 @@ def measure_control_loop_jitter(seconds: float = 10.0, rate_hz: float = 50.0) ->
     import torch
     import yaml
 
-    from embodied.sim2real.deploy import open_robot, run_policy_episode
-    from embodied.sim2real.robot_env import RobotEnv
     from embodied.core.paths import ASSETS_DIR, CONFIGS_DIR
     from embodied.policies.residual import load_policy
+    from embodied.sim2real.deploy import open_robot, run_policy_episode
+    from embodied.sim2real.robot_env import RobotEnv
 
     torch.set_num_threads(1)
     switch = sys.getswitchinterval()

@@ -138,8 +138,8 @@ def _robot_settings(cfg: DictConfig) -> dict[str, Any]:
 def deploy_command(cfg: DictConfig) -> dict[str, Any]:
     import sys
 
-    from embodied.sim2real.deploy import deploy
     from embodied.core.errors import EmbodiedError
+    from embodied.sim2real.deploy import deploy
 
     if not cfg.checkpoint:
         raise SystemExit("embodied deploy: pass policy=<policy dir> (e.g. "
@@ -168,8 +168,8 @@ def deploy_command(cfg: DictConfig) -> dict[str, Any]:
 
 
 def record_command(cfg: DictConfig) -> dict[str, Any]:
-    from embodied.sim2real.deploy import record
     from embodied.core.errors import EmbodiedError
+    from embodied.sim2real.deploy import record
 
     run_dir = _start_run(cfg)
     robot = OmegaConf.to_container(cfg.robot, resolve=True)

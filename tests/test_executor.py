@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
+from embodied.core.errors import ConfigError
 from embodied.sim2real.executor import ChunkExecutor
 from embodied.sim2real.safety import SafetyConfig, SafetyLayer
-from embodied.core.errors import ConfigError
 
 STATS_KEYS = {"steps", "sent", "stale_dropped", "starved", "deadline_misses", "jitter_ms_p50",
               "jitter_ms_p99", "jitter_ms_max", "latency_ms_p50", "latency_ms_p99"}

@@ -29,6 +29,9 @@ import yaml
 pytest.importorskip("rosbags", reason="needs the bridge extra: pip install 'embodied[bridge]'")
 pytest.importorskip("zenoh", reason="needs the bridge extra: pip install 'embodied[bridge]'")
 
+from embodied.core.errors import ConfigError, RobotError  # noqa: E402
+from embodied.core.paths import ASSETS_DIR, CONFIGS_DIR  # noqa: E402
+from embodied.data.dataset import EpisodeDataset  # noqa: E402
 from embodied.sim2real import messages  # noqa: E402
 from embodied.sim2real.fake_robot import FakeRobot  # noqa: E402
 from embodied.sim2real.launch import fake_robot  # noqa: E402
@@ -37,9 +40,6 @@ from embodied.sim2real.robot_env import RobotEnv  # noqa: E402
 from embodied.sim2real.safety import SafetyConfig, SafetyLayer  # noqa: E402
 from embodied.sim2real.topic_map import Source, TopicMap  # noqa: E402
 from embodied.sim2real.transport import InProcBus, InProcTransport, make_transport  # noqa: E402
-from embodied.core.errors import ConfigError, RobotError  # noqa: E402
-from embodied.core.paths import ASSETS_DIR, CONFIGS_DIR  # noqa: E402
-from embodied.data.dataset import EpisodeDataset  # noqa: E402
 
 FAKE = yaml.safe_load((CONFIGS_DIR / "robot" / "fake.yaml").read_text())
 TOPICS = TopicMap.from_dict(FAKE["topics"])

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from embodied.core.errors import ConfigError
 from embodied.sim2real.safety import (
     CLIP_RULES,
     HOLD_RULES,
@@ -18,7 +19,6 @@ from embodied.sim2real.safety import (
     SafetyConfig,
     SafetyLayer,
 )
-from embodied.core.errors import ConfigError
 
 
 def make_layer(**overrides) -> tuple[SafetyLayer, list[Intervention]]:

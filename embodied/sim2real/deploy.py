@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from embodied.core.errors import ConfigError
+from embodied.envs import make_env
 from embodied.sim2real.executor import ChunkExecutor
 from embodied.sim2real.launch import fake_robot
 from embodied.sim2real.robot import BridgeRobot
@@ -34,8 +36,6 @@ from embodied.sim2real.robot_env import RobotEnv
 from embodied.sim2real.safety import Intervention, KeyboardEstop
 from embodied.sim2real.topic_map import TopicMap
 from embodied.sim2real.transport import make_transport
-from embodied.core.errors import ConfigError
-from embodied.envs import make_env
 
 TRANSPORT_KEYS = {"zenoh": ("connect", "listen", "domain_id", "mode"),
                   "rosbridge": ("host", "port", "type_style")}

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from embodied.sim2real.safety import SafetyLayer
 from embodied.core.errors import ConfigError
+from embodied.sim2real.safety import SafetyLayer
 
 logger = logging.getLogger("embodied.sim2real.executor")
 

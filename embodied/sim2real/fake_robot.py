@@ -44,11 +44,11 @@ import mujoco
 import numpy as np
 import torch
 
+from embodied.envs import make_env
 from embodied.sim2real import messages
 from embodied.sim2real.robot import EpisodeStatus
 from embodied.sim2real.topic_map import STRING
 from embodied.sim2real.transport import Meta, Transport, make_transport
-from embodied.envs import make_env
 
 log = logging.getLogger(__name__)
 

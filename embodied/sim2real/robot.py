@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 
+from embodied.core.errors import ConfigError, RobotError
 from embodied.sim2real import messages
 from embodied.sim2real.safety import Intervention, SafetyConfig, SafetyLayer
 from embodied.sim2real.topic_map import STRING, TopicMap
 from embodied.sim2real.transport import Meta, Transport
-from embodied.core.errors import ConfigError, RobotError
 
 log = logging.getLogger(__name__)
 

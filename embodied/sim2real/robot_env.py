@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from embodied.sim2real.robot import EpisodeStatus, Robot
 from embodied.core.errors import RobotError
 from embodied.envs import make_env
+from embodied.sim2real.robot import EpisodeStatus, Robot
 
 Obs = dict[str, torch.Tensor]
 
