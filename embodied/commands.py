@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from embodied.core.errors import ConfigError
+from embodied.core.checkpoint import STATE_FILE, prepare_run_dir
 from embodied.core.io import atomic_write_json, atomic_write_text
 from embodied.core.paths import resolve_shipped
 
@@ -17,13 +17,18 @@ def _options(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg.task.options, resolve=True) or {}
 
 
-def _start_run(cfg: DictConfig) -> Path:
+def _start_run(cfg: DictConfig, resumable: bool = False) -> Path:
+    """The run directory, with the resolved config written into it. A resumable run
+    (pretrain, finetune) first reconciles what an earlier run left there and says so."""
     import torch
 
     # Small policy nets gain nothing from intra-op threads, and they fight the simulator's
     # threads for the cores; raise torch_threads for big (image, VLA) models.
     torch.set_num_threads(int(cfg.get("torch_threads", 1)))
     run_dir = Path(cfg.run_dir)
+    if resumable:
+        print(prepare_run_dir(run_dir, run_dir / STATE_FILE, resume=bool(cfg.resume),
+                              overwrite=bool(cfg.get("overwrite", False))))
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     return run_dir
@@ -51,13 +56,15 @@ def collect_command(cfg: DictConfig) -> dict[str, Any]:
 
 def pretrain_command(cfg: DictConfig) -> dict[str, Any]:
     from embodied.algos.bc import BCConfig, BCTrainer
+    from embodied.core.seeding import seed_everything
     from embodied.data.dataset import EpisodeDataset
     from embodied.data.windows import ChunkWindows
     from embodied.policies.config import PolicyConfig
     from embodied.policies.policy import ChunkPolicy
 
-    run_dir = _start_run(cfg)
     dataset = EpisodeDataset(cfg.dataset)
+    run_dir = _start_run(cfg, resumable=True)
+    seed_everything(cfg.train.seed)  # the policy's initial weights
     policy_fields = OmegaConf.to_container(cfg.policy, resolve=True)
     policy_config = PolicyConfig(
         obs_dim=dataset.features["observation.state"].shape[0],
@@ -103,16 +110,13 @@ def finetune_command(cfg: DictConfig) -> dict[str, Any]:
     from embodied.algos import make_finetune
     from embodied.policies.policy import ChunkPolicy
 
-    run_dir = _start_run(cfg)
     settings = OmegaConf.to_container(cfg.algo, resolve=True)
     name = settings.pop("algorithm")
     base = ChunkPolicy.from_pretrained(resolve_shipped(cfg.base)) if cfg.base else None
+    run_dir = _start_run(cfg, resumable=True)
     algo = make_finetune(name, base, cfg.task.name, settings, run_dir, _options(cfg))
-    if not cfg.resume and algo.state_path.exists():
-        raise ConfigError(f"{run_dir} already holds a fine-tuning run: pass resume=true to "
-                          "continue it, or another run_dir=... to start afresh")
     if cfg.resume and algo.resume():
-        print(f"resuming {run_dir} from iteration {algo.iteration}")
+        print(f"resuming from iteration {algo.iteration} of {run_dir}")
     print(f"finetune {cfg.task.name} from {cfg.base or 'scratch'} with {name} -> {run_dir}")
     summary = algo.train()
     summary["algorithm"] = name

@@ -12,8 +12,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from embodied.core.errors import ConfigError
 from embodied.envs import make_env
 from embodied.envs.video import write_video
+
+
+def check_policy_fits(policy_config: Any, obs_dim: int, action_dim: int, task: str) -> None:
+    """A policy made for another task's dims is a user error, named before anything runs."""
+    have = (policy_config.obs_dim, policy_config.action_dim)
+    if have != (obs_dim, action_dim):
+        raise ConfigError(f"the policy is for obs {have[0]} / action {have[1]} dims, task "
+                          f"{task!r} has {obs_dim} / {action_dim}: pass the task it was "
+                          f"trained on (task=...), or a policy trained on {task!r}")
 
 
 class ChunkRunner:
@@ -67,6 +77,8 @@ def evaluate(policy: Any, task: str, episodes: int = 50, *, max_envs: int = 64, 
     policy noise from torch.Generator(seed). Counting first episodes only avoids favouring
     short (early-success) episodes.
     """
+    if episodes < 1:
+        raise ConfigError(f"episodes must be >= 1, got {episodes}")
     policy.eval()
     cfg = policy.config
     generator = torch.Generator().manual_seed(seed)
@@ -76,6 +88,7 @@ def evaluate(policy: Any, task: str, episodes: int = 50, *, max_envs: int = 64, 
         n = min(max_envs, episodes - start)
         env = make_env(task, num_envs=n, cameras=tuple(cfg.cameras), image_size=cfg.image_size,
                        nthread=nthread, **(task_options or {}))
+        check_policy_fits(cfg, env.obs_dim, env.action_dim, task)
         obs = env.reset(seed=seed + batch)
         runner = ChunkRunner(n, cfg.n_obs_steps, cfg.n_action_steps)
         runner.start(obs)

@@ -35,7 +35,9 @@ def make_finetune(name: str, base: Any, task: str, settings: dict[str, Any],
     """The ChainPPO run of algorithm `name` with config fields `settings` (unknown ones are
     an error naming the valid fields)."""
     from embodied.algos.chain_ppo import ChainPPO
+    from embodied.core.seeding import seed_everything
     from embodied.envs import make_env
+    from embodied.rollout import check_policy_fits
 
     module, config_cls = finetune_algorithm(name)
     known = {f.name for f in fields(config_cls)}
@@ -46,10 +48,9 @@ def make_finetune(name: str, base: Any, task: str, settings: dict[str, Any],
     probe = make_env(task, num_envs=1, **(task_options or {}))
     obs_dim, action_dim = probe.obs_dim, probe.action_dim
     probe.close()
-    if base is not None and (base.config.obs_dim, base.config.action_dim) != (obs_dim,
-                                                                               action_dim):
-        raise ConfigError(f"the base policy is for obs {base.config.obs_dim} / action "
-                          f"{base.config.action_dim} dims, task {task!r} has {obs_dim} / "
-                          f"{action_dim}: pass a base trained on this task")
+    if base is not None:
+        check_policy_fits(base.config, obs_dim, action_dim, task)
+    # Fresh heads (noise, residual, critic) are initialised from the global generator.
+    seed_everything(config.seed)
     policy, reference = module.build(base, config, obs_dim, action_dim)
     return ChainPPO(policy, task, config, run_dir, task_options, bc_reference=reference)

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
+from embodied.core.checkpoint import load_training_state, truncate_metrics
 from embodied.core.errors import ConfigError
 from embodied.core.io import atomic_write
+from embodied.core.progress import Progress
 from embodied.core.runlog import RunLogger, plot_curve
 from embodied.data.windows import ChunkWindows
 from embodied.policies.policy import ChunkPolicy
@@ -63,6 +64,7 @@ class BCTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
+        self._purge_step: int | None = None
         self.state_path = self.run_dir / "checkpoints" / "train_state.pt"
         if self.state_path.exists():
             if not resume:
@@ -88,9 +90,9 @@ class BCTrainer:
                 e.copy_(b)
 
     def train(self, progress: bool = True) -> dict[str, Any]:
-        logger = RunLogger(self.run_dir)
-        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="pretrain", unit="step",
-                   disable=not progress)
+        logger = RunLogger(self.run_dir, purge_step=self._purge_step)
+        bar = Progress(self.cfg.steps, initial=self.step, desc="pretrain", unit="steps",
+                       enabled=progress)
         last_eval: dict[str, Any] = {}
         start, losses = time.time(), []
         self.policy.train()
@@ -147,21 +149,21 @@ class BCTrainer:
 
     # --- checkpoints --------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        """Policy + training state, atomically; the metrics file's length is recorded so a
+        resumed run drops the rows logged after it."""
         self.ema.save_pretrained(self.run_dir / "policy")
+        metrics = self.run_dir / "metrics.jsonl"
         state = {
             "step": self.step, "policy": self.policy.state_dict(), "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
             "bc_config": asdict(self.cfg), "policy_config": self.policy.config.to_dict(),
+            "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
         }
         atomic_write(self.state_path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self) -> None:
-        try:
-            state = torch.load(self.state_path, weights_only=False)
-        except Exception as e:  # a truncated or foreign file
-            raise ConfigError(f"cannot read {self.state_path} ({e}); delete it to start over") \
-                from None
+        state = load_training_state(self.state_path)
         if state["policy_config"] != self.policy.config.to_dict():
             raise ConfigError(f"{self.state_path} was made with another policy config; use a "
                               "new run_dir, or the same policy settings to resume")
@@ -172,3 +174,5 @@ class BCTrainer:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.step = state["step"]
+        truncate_metrics(self.run_dir, state.get("metrics_bytes", 0))
+        self._purge_step = self.step

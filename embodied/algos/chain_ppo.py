@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from embodied.algos.common import (
     ReturnNormalizer,
@@ -36,8 +35,10 @@ from embodied.algos.common import (
     group_advantages,
     value_loss,
 )
+from embodied.core.checkpoint import load_training_state, truncate_metrics
 from embodied.core.errors import ConfigError, EmbodiedError
 from embodied.core.io import atomic_write
+from embodied.core.progress import Progress
 from embodied.core.runlog import RunLogger, plot_curve
 from embodied.envs import make_env
 from embodied.policies.nets import ValueMLP
@@ -115,6 +116,19 @@ class ChainPPOConfig:
     instead of float32 reduction-order noise (~1e-5 for 64-dim, 8-step chains)."""
 
     def __post_init__(self) -> None:
+        for name in ("num_envs", "decisions_per_iteration", "epochs", "minibatch_size",
+                     "eval_episodes", "group_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("iterations", "eval_every", "critic_warmup_iterations", "actor_lr",
+                     "critic_lr", "entropy_coef", "bc_coef", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (0 < self.gamma <= 1 and 0 <= self.lam <= 1):
+            raise ConfigError(f"need 0 < gamma <= 1 and 0 <= lam <= 1, got gamma={self.gamma}, "
+                              f"lam={self.lam}")
+        if self.clip <= 0:
+            raise ConfigError(f"clip must be > 0, got {self.clip}")
         if self.advantage not in ("gae", "grpo"):
             raise ConfigError(f"advantage must be gae or grpo, got {self.advantage!r}")
         if self.value_loss not in ("mse", "huber"):
@@ -209,6 +223,7 @@ class ChainPPO:
         self.clips = config.clip_schedule(self.policy.num_chain_steps - self.first_trained)
         self.state_path = self.run_dir / "checkpoints" / "train_state.pt"
         self._obs: dict[str, torch.Tensor] = {}
+        self._purge_step: int | None = None  # TensorBoard drops events from here on resume
         self.reward_norm = (ReturnNormalizer(config.num_envs, config.gamma)
                             if config.normalize_rewards else None)
 
@@ -440,11 +455,11 @@ class ChainPPO:
     def train(self, progress: bool = True) -> dict[str, Any]:
         from embodied.rollout import evaluate
 
-        logger = RunLogger(self.run_dir)
+        logger = RunLogger(self.run_dir, purge_step=self._purge_step)
         start = time.time()
         timing = {"sim": 0.0, "policy": 0.0, "update": 0.0}
-        bar = tqdm(total=self.cfg.iterations, initial=self.iteration, desc="finetune",
-                   unit="it", disable=not progress)
+        bar = Progress(self.cfg.iterations, initial=self.iteration, desc="finetune",
+                       unit="iterations", enabled=progress)
         try:
             while self.iteration < self.cfg.iterations:
                 if self.cfg.eval_every and self.iteration % self.cfg.eval_every == 0:
@@ -514,22 +529,27 @@ class ChainPPO:
         atomic_write(self.state_path, lambda tmp: torch.save(state, tmp))
 
     def resume(self) -> bool:
-        """Load the last checkpoint of this run directory, if any (True if loaded)."""
+        """Load the last checkpoint of this run directory, if any (True if loaded), and drop
+        the metric rows logged after it."""
         if not self.state_path.exists():
             return False
-        state = torch.load(self.state_path, weights_only=False)
-        self.policy.load_state_dict(state["policy"])
-        self.critic.load_state_dict(state["critic"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.generator.set_state(state["generator"])
+        state = load_training_state(self.state_path)
+        try:
+            self.policy.load_state_dict(state["policy"])
+            self.critic.load_state_dict(state["critic"])
+            self.actor_opt.load_state_dict(state["actor_opt"])
+            self.critic_opt.load_state_dict(state["critic_opt"])
+            self.generator.set_state(state["generator"])
+            if self.reward_norm is not None and state.get("reward_norm") is not None:
+                self.reward_norm.load_state_dict(state["reward_norm"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise ConfigError(f"{self.state_path} does not fit this run's algorithm and policy "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:160]}): resume "
+                              "with the settings it was made with, or pass another "
+                              "run_dir=...") from None
         self.iteration, self.env_steps = state["iteration"], state["env_steps"]
         self.before = state["before"]
-        if self.reward_norm is not None and state.get("reward_norm") is not None:
-            self.reward_norm.load_state_dict(state["reward_norm"])
-        metrics = self.run_dir / "metrics.jsonl"
-        if metrics.exists():
-            with open(metrics, "r+b") as f:
-                f.truncate(state["metrics_bytes"])
+        truncate_metrics(self.run_dir, state["metrics_bytes"])
+        self._purge_step = self.env_steps
         self._obs = {}
         return True

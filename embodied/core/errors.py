@@ -15,3 +15,7 @@ class DatasetError(EmbodiedError):
 
 class RobotError(EmbodiedError):
     """A robot (real or fake) is unreachable, silent, or does not match what we expect."""
+
+
+class CheckpointError(EmbodiedError):
+    """A checkpoint, weights or training-state file is missing, truncated or corrupt."""

@@ -11,7 +11,10 @@ from typing import Any
 class RunLogger:
     """Appends one JSON line per log call and mirrors scalars to TensorBoard."""
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True,
+                 purge_step: int | None = None) -> None:
+        """`purge_step`: on resume, the checkpoint's step; TensorBoard then discards the
+        events a killed run logged after it (metrics.jsonl is truncated by the trainer)."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._file = open(self.run_dir / "metrics.jsonl", "a")
@@ -19,7 +22,7 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
 
     def log(self, step: int, **scalars: float) -> None:
         row = {"step": step, "time": round(time.time(), 3), **scalars}

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from embodied.core.progress import Progress
 from embodied.data.dataset import DatasetWriter, Feature
 from embodied.envs import make_env
 from embodied.envs.video import write_video
@@ -84,8 +84,8 @@ def collect(task: str, episodes: int, out: str | Path, *, num_envs: int = 16,
                              **expert_options)
         obs = env.reset(seed=seed)
         expert.reset(torch.arange(num_envs))
-        bar = tqdm(total=episodes, initial=min(kept, episodes), desc=f"collect {task}",
-                   unit="ep", disable=not progress)
+        bar = Progress(episodes, initial=min(kept, episodes), desc=f"collect {task}",
+                       unit="episodes", enabled=progress)
         while kept < episodes:
             if video_dir is not None and len(videos) < video_episodes:
                 frames.append(env.render([0])[0])

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from embodied.core.checkpoint import load_weights
 from embodied.core.errors import ConfigError
 from embodied.core.io import atomic_directory
 from embodied.policies.config import PolicyConfig
@@ -292,7 +293,7 @@ class ChunkPolicy(nn.Module):
             raise ConfigError(f"{path}: checkpoint format {meta.get('format_version')}, this "
                               f"version reads {FORMAT_VERSION}")
         try:
-            return cls._build_with(meta["policy"], load_file(str(weights_file)), overrides)
+            return cls._build_with(meta["policy"], load_weights(weights_file), overrides)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
 

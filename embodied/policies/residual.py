@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from embodied.core.checkpoint import load_weights
 from embodied.core.errors import ConfigError
 from embodied.core.io import atomic_directory
 from embodied.policies.nets import GaussianMLP
@@ -150,7 +151,7 @@ class ResidualPolicy(nn.Module):
         meta = json.loads((path / CONFIG_FILE).read_text())["residual"]
         policy = cls(ChunkPolicy.from_pretrained(path / "base"), tuple(meta["hidden"]),
                      meta["scale"], meta["log_std_init"])
-        policy.residual.load_state_dict(load_file(str(path / RESIDUAL_WEIGHTS)))
+        policy.residual.load_state_dict(load_weights(path / RESIDUAL_WEIGHTS))
         return policy.eval()
 
 

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from mujoco import batch as mjbatch
 
+from embodied.core.errors import ConfigError
+
 
 class CpuBatchBackend:
     """`num_envs` simulations of one MjModel on `nthread` threads (0: all cores)."""
@@ -22,7 +24,7 @@ class CpuBatchBackend:
 
     def __init__(self, model: mujoco.MjModel, num_envs: int, nthread: int = 0) -> None:
         if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+            raise ConfigError(f"num_envs must be >= 1, got {num_envs}")
         self.model = model
         self.num_envs = num_envs
         self.nthread = nthread or os.cpu_count() or 1

@@ -1,0 +1,116 @@
+"""Run directories that survive crashes: reading checkpoints with clear errors, and
+reconciling what a killed run left behind with the checkpoint a new run starts from.
+
+A training run writes `checkpoints/train_state.pt` atomically (a temp file renamed over
+it), so after a crash it holds the last good state or nothing; what can be stale is the
+temp file of a write in progress and the metrics logged after the last checkpoint.
+`prepare_run_dir` removes the first and says what happens next; the trainer truncates
+`metrics.jsonl` to the length the checkpoint recorded (`truncate_metrics`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from embodied.core.errors import CheckpointError, ConfigError
+
+METRICS_FILE = "metrics.jsonl"
+STATE_FILE = "checkpoints/train_state.pt"  # inside a run directory
+
+
+def load_training_state(path: Path) -> dict[str, Any]:
+    """torch.load of a training state, or a one-line error naming the file and the way out."""
+    import torch
+
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as e:  # truncated, corrupt, or not a torch file at all
+        raise CheckpointError(
+            f"{path} is not a readable training state ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:120]}); it was probably cut off mid-write by an old "
+            "version or damaged on disk: delete it to start the run over, or pass another "
+            "run_dir=...") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a training state: "
+                              "delete it or pass another run_dir=...")
+    return state
+
+
+def load_weights(path: Path) -> dict[str, Any]:
+    """safetensors weights, or a one-line error naming the file and the way out."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # SafetensorError (truncated header / data), OSError ...
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:120]}): the checkpoint is truncated or corrupt; "
+            "re-save or re-download the policy, or point to another checkpoint") from None
+
+
+def remove_stale_temps(run_dir: Path) -> list[Path]:
+    """Delete the temp files and directories of writes a crash interrupted (atomic_write's
+    `.<name>.*.tmp*`, atomic_directory's `.<name>.*`): they hold nothing loadable."""
+    removed = []
+    for folder in (run_dir, run_dir / "checkpoints"):
+        if not folder.is_dir():
+            continue
+        for item in folder.iterdir():
+            if (item.name.startswith(".") and ".tmp" in item.name
+                    or item.is_dir() and item.name.startswith(".policy.")):
+                if item.is_dir():
+                    shutil.rmtree(item, ignore_errors=True)
+                else:
+                    item.unlink(missing_ok=True)
+                removed.append(item)
+    return removed
+
+
+def prepare_run_dir(run_dir: Path, state_path: Path, *, resume: bool,
+                    overwrite: bool = False) -> str:
+    """Make `run_dir` ready for a run and say what will happen, in one line.
+
+    - overwrite: whatever the directory holds is removed first (the quickstart, so that
+      running README command 1 again simply works);
+    - a checkpoint without resume is an error (nothing is overwritten by accident);
+    - resume with a checkpoint: the caller loads it and truncates the metrics to it;
+    - otherwise the run starts fresh, and metrics of a run that died before its first
+      checkpoint are dropped (they would be duplicated by the new run's).
+    """
+    if resume and overwrite:
+        raise ConfigError("resume=true and overwrite=true contradict each other: pick one")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite and any(run_dir.iterdir()):
+        for item in run_dir.iterdir():
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+        return f"replacing the previous run in {run_dir}"
+    stale = remove_stale_temps(run_dir)
+    note = f" (removed {len(stale)} stale temp file(s) of an interrupted write)" if stale else ""
+    if state_path.exists():
+        if not resume:
+            raise ConfigError(f"{run_dir} already holds a run with a checkpoint: pass "
+                              "resume=true to continue it, or another run_dir=... to start "
+                              "afresh")
+        return f"resuming from the checkpoint in {run_dir}{note}"
+    metrics = run_dir / METRICS_FILE
+    had_metrics = metrics.exists() and metrics.stat().st_size > 0
+    truncate_metrics(run_dir, 0)
+    if resume:
+        return f"no checkpoint in {run_dir}: starting fresh{note}"
+    if had_metrics:
+        return (f"{run_dir} holds a run that stopped before its first checkpoint: starting "
+                f"fresh, its metrics dropped{note}")
+    return f"starting a new run in {run_dir}{note}"
+
+
+def truncate_metrics(run_dir: Path, length: int) -> None:
+    """Drop the metric rows logged after a checkpoint (it recorded the file's length then)."""
+    metrics = run_dir / METRICS_FILE
+    if metrics.exists():
+        with open(metrics, "r+b") as f:
+            f.truncate(length)
+    if length == 0:  # nothing survives: TensorBoard's events go too
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
