@@ -143,3 +143,27 @@ def test_bad_options_are_reported():
         make_env("push_cube", num_envs=1, reward_type="shaped")
     with pytest.raises(ConfigError, match="no expert for task"):
         make_expert("ant", 1)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_video_camera_frames_gripper_object_and_goal(task):
+    """Every point that matters projects well inside the video frame (10% margin), over
+    many initial states: the workspace centre, not the floor, fills the picture."""
+    import numpy as np
+
+    env = make_env(task, num_envs=32)
+    env.reset(seed=5)
+    camera = env.model.cam(env.task.video_camera())
+    pos = env.sim.get_data(0).cam_xpos[camera.id]
+    rot = env.sim.get_data(0).cam_xmat[camera.id].reshape(3, 3)  # columns: x, y, -forward
+    height, width = env.render_size
+    focal = 0.5 * height / np.tan(np.radians(camera.fovy[0]) / 2)
+    task_ = env.task
+    points = np.concatenate([task_.ee_pos(env.sim).numpy(), task_.obj_pos(env.sim).numpy(),
+                             task_._goal.numpy()])
+    local = (points - pos) @ rot
+    assert (local[:, 2] < 0).all()  # in front of the camera
+    u = width / 2 + focal * local[:, 0] / -local[:, 2]
+    v = height / 2 - focal * local[:, 1] / -local[:, 2]
+    assert (u > 0.1 * width).all() and (u < 0.9 * width).all(), u
+    assert (v > 0.1 * height).all() and (v < 0.9 * height).all(), v

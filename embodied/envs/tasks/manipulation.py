@@ -55,7 +55,7 @@ class _GantryTask(Task):
     goal_body: ClassVar[str] = "goal"
     frame_skip = 20  # dt 2 ms x 20 = 25 Hz control
     max_episode_steps = 150
-    cameras = ("front", "wrist", "top")
+    cameras = ("front", "wrist", "top", "video")
     action_dim: ClassVar[int] = 4
     obs_layout: ClassVar[dict[str, slice]] = OBS_LAYOUT
 
@@ -75,7 +75,7 @@ class _GantryTask(Task):
         return mujoco.MjModel.from_xml_path(str(ASSETS_DIR / "manipulation" / self.xml_file))
 
     def video_camera(self) -> str:
-        return "front"
+        return "video"
 
     # --- setup / reset ------------------------------------------------------------------
     def setup(self, sim: Any) -> None:
