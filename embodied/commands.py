@@ -115,6 +115,11 @@ def finetune_command(cfg: DictConfig) -> dict[str, Any]:
     base = ChunkPolicy.from_pretrained(resolve_shipped(cfg.base)) if cfg.base else None
     run_dir = _start_run(cfg, resumable=True)
     algo = make_finetune(name, base, cfg.task.name, settings, run_dir, _options(cfg))
+    if cfg.get("randomization") is not None:  # the training env only: eval stays nominal
+        from embodied.sim2real.randomization import DomainRandomizer
+
+        algo.env.set_randomizer(DomainRandomizer.from_config(
+            OmegaConf.to_container(cfg.randomization, resolve=True)))
     if cfg.resume and algo.resume():
         print(f"resuming from iteration {algo.iteration} of {run_dir}")
     print(f"finetune {cfg.task.name} from {cfg.base or 'scratch'} with {name} -> {run_dir}")

@@ -9,6 +9,11 @@
     episode_return, episode_length, episode_success   valid where terminated | truncated
 Envs that finish are reset in the same call, so `obs` rows of finished envs are already the
 first observation of their next episode.
+
+A `Randomizer` (embodied/envs/randomization.py; `embodied.sim2real.randomization` has the
+domain randomisation, observation noise and action latency) redraws each env's model
+fields when that env resets, sees every observation the env returns (final observations
+included) and picks the action applied at each step.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 
 from embodied.core.errors import ConfigError
 from embodied.envs.backends.cpu import CpuBatchBackend
+from embodied.envs.randomization import Randomizer
 from embodied.envs.registry import make_task
 from embodied.envs.task import Task
 
@@ -42,6 +48,7 @@ class MujocoVecEnv:
         cameras: tuple[str, ...] | list[str] = (),
         image_size: int = 96,
         render_size: tuple[int, int] = (240, 320),
+        randomizer: Randomizer | None = None,
     ) -> None:
         if backend != "cpu":
             raise ConfigError(f"backend {backend!r} is not available; use backend=cpu")
@@ -69,7 +76,10 @@ class MujocoVecEnv:
         self._return = torch.zeros(num_envs, dtype=torch.float64, device=self.device)
         self._ever_success = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
         self._needs_reset = True
+        self.randomizer: Randomizer | None = None
         self.obs_dim = int(self._state_obs_dim())
+        if randomizer is not None:
+            self.set_randomizer(randomizer)
 
     # --- the seam -----------------------------------------------------------------------
     def reset(self, seed: int | None = None, env_ids: torch.Tensor | None = None) -> Obs:
@@ -90,10 +100,19 @@ class MujocoVecEnv:
         self._needs_reset = False
         return self._observe()
 
+    def set_randomizer(self, randomizer: Randomizer) -> None:
+        """Randomise this env from its next reset on (one randomizer per env)."""
+        randomizer.setup(self.sim, self.action_dim)
+        self.randomizer = randomizer
+        self._needs_reset = True  # the draws take effect at a reset
+
     def step(self, actions: torch.Tensor) -> tuple[Obs, Tensor, Tensor, Tensor, dict]:
         if self._needs_reset:
             raise RuntimeError("call reset() before step()")
         actions = self._check_actions(actions)
+        if self.randomizer is not None:
+            # With latency the applied action is an earlier one; reward and physics see it.
+            actions = self.randomizer.act(actions)
         sim, task = self.sim, self.task
         before = task.before_step(sim)
         sim.field("ctrl")[:] = task.action_to_ctrl(sim, actions)
@@ -148,6 +167,8 @@ class MujocoVecEnv:
     def _reset_envs(self, ids: torch.Tensor) -> None:
         ids_np = ids.cpu().numpy().astype(np.int64)
         self.sim.reset(ids_np)
+        if self.randomizer is not None:  # model fields first: the forward pass uses them
+            self.randomizer.on_reset(self.sim, ids, self._generator)
         self.task.reset(self.sim, ids, self._generator)
         self.sim.forward(ids_np)
         self.task.after_reset(self.sim, ids)
@@ -164,6 +185,8 @@ class MujocoVecEnv:
             for cam in self.cameras:
                 frames = np.stack([self._render_env(i, cam, size) for i in env_ids])
                 obs[f"rgb_{cam}"] = torch.from_numpy(frames)
+        if self.randomizer is not None:
+            obs = self.randomizer.observe(obs, self._generator)
         return obs
 
     def _state_obs_dim(self) -> int:
@@ -204,7 +227,7 @@ def make_env(task: str, num_envs: int = 1, **kwargs: Any) -> MujocoVecEnv:
 
     Keyword arguments that MujocoVecEnv takes go to it; the rest are task options.
     """
-    env_keys = {"backend", "nthread", "cameras", "image_size", "render_size"}
+    env_keys = {"backend", "nthread", "cameras", "image_size", "render_size", "randomizer"}
     env_kwargs = {k: v for k, v in kwargs.items() if k in env_keys}
     task_kwargs = {k: v for k, v in kwargs.items() if k not in env_keys}
     return MujocoVecEnv(make_task(task, **task_kwargs), num_envs, **env_kwargs)

@@ -60,6 +60,35 @@ class CpuBatchBackend:
         self._batch.forward(ids=ids)
         self._raise_on_error()
 
+    def model_field(self, name: str) -> torch.Tensor:
+        """Live, writable (num_envs, ...) tensor of per-env values of a model field, e.g.
+        `body_mass`, `geom_friction`, `opt.timestep` (domain randomisation).
+
+        The first call gives every env its own copy of the model's value; the model the
+        backend was built with keeps the nominal one. After writing a field mj_setConst
+        reads (`needs_set_const`), call `set_const` for the envs written.
+        """
+        key = "model." + name
+        view = self._views.get(key)
+        if view is None:
+            if name not in mjbatch.MODEL_FIELDS:
+                raise ValueError(f"{name!r} is not a per-env model field of mujoco.batch; "
+                                 "see mujoco.batch.MODEL_FIELDS")
+            view = torch.from_numpy(self._batch.expand(name))
+            self._views[key] = view
+        return view
+
+    @staticmethod
+    def needs_set_const(name: str) -> bool:
+        """Whether constants derived by mj_setConst (subtree masses, inverse weights, ...)
+        depend on model field `name`."""
+        return name.startswith("opt.") or name in mujoco.MjModel._setconst_inputs
+
+    def set_const(self, ids: torch.Tensor | np.ndarray) -> None:
+        """Recompute the derived constants of envs `ids` from their model fields."""
+        self._batch.set_const(np.asarray(torch.as_tensor(ids).cpu(), dtype=np.int64))
+        self._raise_on_error()
+
     def get_data(self, env: int, data: mujoco.MjData | None = None) -> mujoco.MjData:
         """One env's MjData copied into `data` (or a new one), e.g. to render it."""
         return self._batch.get_data(env, data)
