@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from embodied.core.errors import ConfigError
+from embodied.core.errors import ConfigError, RobotError
 from embodied.sim2real.executor import ChunkExecutor
 from embodied.sim2real.safety import SafetyConfig, SafetyLayer
 
@@ -100,17 +100,47 @@ def test_chunk_tags_and_latency():
     with pytest.raises(ValueError, match="obs_step=4"):
         executor.submit(col(1), obs_step=4)  # from the future
     # Row i is for step obs_step + i: tagged 1 at step 3, rows 0, 1 are stale, 2 goes now.
-    assert clock.now == pytest.approx(0.2)  # step 2 ran at t=0.2; step 1's deadline was 0.1
-    assert executor.submit(col(1, 2, 3, 4), obs_step=1) == 2
+    assert clock.now == pytest.approx(0.2)  # step 2 ran at t=0.2
+    assert executor.submit(col(1, 2, 3, 4), obs_step=1, obs_time=0.05) == 2
     # A wholly stale chunk, and one overtaken by a newer observation, leave the plan alone.
-    assert executor.submit(col(7, 8), obs_step=1) == 2
-    assert executor.submit(col(7, 8, 9, 10, 11), obs_step=0) == 5
+    assert executor.submit(col(7, 8), obs_step=1, obs_time=0.05) == 2
+    assert executor.submit(col(7, 8, 9, 10, 11), obs_step=0) == 5  # no obs_time: no latency
     executor.run_steps(2)
     assert sent == [3, 4]
     stats = executor.stats()
     assert stats["stale_dropped"] == 9 and stats["steps"] == 5
-    # Latencies: 0.2 - 0.1 twice, 0.2 - 0.0 once.
-    np.testing.assert_allclose([stats["latency_ms_p50"]], [100.0])
+    # Latencies: 0.2 - 0.05 twice.
+    np.testing.assert_allclose([stats["latency_ms_p50"]], [150.0])
+
+
+def test_latency_is_measured_from_the_observation_so_never_negative():
+    executor, _, clock = make_executor(rate_hz=10.0)
+    executor.submit(col(0, 0, 0), obs_step=0)
+    executor.run_steps(2)  # steps 0 and 1 at t = 0 and 0.1
+    clock.now = 0.13  # the observation is taken between deadlines ...
+    obs_step, obs_time = executor.step_index, clock()
+    clock.now = 0.15  # ... and its chunk is in 20 ms later, before step 2's deadline (0.2)
+    executor.submit(col(1, 1), obs_step, obs_time)
+    stats = executor.stats()
+    assert stats["latency_ms_p50"] == pytest.approx(20.0)  # not 0.15 - 0.2 = -50 ms
+    assert stats["latency_ms_p99"] == pytest.approx(20.0)
+
+
+def test_a_send_that_raises_stops_the_loop_with_a_clear_error():
+    def send(action: np.ndarray) -> None:
+        raise ConnectionError("link down")
+
+    executor = ChunkExecutor(send, 100.0)
+    executor.submit(np.zeros((10, 1)), obs_step=0)
+    executor.start()
+    deadline = time.monotonic() + 5.0
+    with pytest.raises(RobotError, match="control loop stopped at step 0: ConnectionError: "
+                                         "link down"):
+        while time.monotonic() < deadline:  # the feeding loop polls check() each round
+            executor.check()
+            time.sleep(0.01)
+    assert not executor.running and executor.stats()["sent"] == 0
+    executor.stop()  # already stopped: nothing more to raise
 
 
 def test_deadline_miss_skips_periods_instead_of_bursting():
@@ -168,11 +198,11 @@ def test_real_thread_at_100hz():
     executor.submit(np.zeros((100, 2)), obs_step=0)
     with executor:
         time.sleep(0.3)
-        executor.submit(np.ones((100, 2)), obs_step=executor.step_index)
+        executor.submit(np.ones((100, 2)), executor.step_index, time.monotonic())
         time.sleep(0.05)
     stats = executor.stats()
     assert set(stats) == STATS_KEYS
     assert stats["sent"] >= 10 and stats["sent"] == len(sent)
-    assert math.isfinite(stats["jitter_ms_p99"]) and math.isfinite(stats["latency_ms_p50"])
+    assert math.isfinite(stats["jitter_ms_p99"]) and stats["latency_ms_p50"] >= 0
     assert stats["deadline_misses"] <= 2  # a loaded 2-core machine may miss one or two
     assert not executor.running

@@ -170,14 +170,81 @@ def test_disconnect_holds_until_reconnect():
     assert "disconnected" in events[0].reason and "reconnected" in events[1].reason
 
 
-def test_hold_before_the_first_command():
+def test_hold_before_the_first_command_is_the_measured_position_or_nothing():
     layer, _ = make_layer(joint_low=[-0.5, -0.5], joint_high=[0.5, 0.5])
-    np.testing.assert_array_equal(layer.hold_action(), [0, 0, 0])
+    assert layer.hold_action() is None  # zeros would be a real target: no hold at all
     layer.observe(0.0, joint_pos=[0.2, 0.9], now=0.0)
-    np.testing.assert_array_equal(layer.hold_action(), [0.2, 0.5, 0.0])  # clipped to limits
-    zero, _ = make_layer(hold_mode="zero")
+    assert layer.hold_action() is None  # dim 2 (a gripper, say) has no measured position
+    layer.observe(0.0, joint_pos=[0.2, 0.9, -0.3], now=0.0)
+    np.testing.assert_array_equal(layer.hold_action(), [0.2, 0.5, -0.3])  # clipped to limits
+    gripper, _ = make_layer(hold_zero_dims=(2,))  # a velocity dim needs no measured position
+    gripper.observe(0.0, joint_pos=[0.2, 0.3], now=0.0)
+    np.testing.assert_array_equal(gripper.hold_action(), [0.2, 0.3, 0.0])
+    zero, _ = make_layer(hold_mode="zero")  # velocity commands: zero stops, positions ignored
+    np.testing.assert_array_equal(zero.hold_action(), [0, 0, 0])
     zero.observe(0.0, joint_pos=[0.2, 0.3], now=0.0)
     np.testing.assert_array_equal(zero.hold_action(), [0, 0, 0])
+
+
+def test_first_command_moves_from_the_measured_pose_not_from_zero():
+    layer, events = make_layer(max_delta=0.05)
+    # Nothing sent and nothing measured: max_delta has no start, so nothing is sent.
+    assert layer.filter([0.9, 0.9, 0.9], now=0.01) is None
+    assert events[-1].rule == "stale" and events[-1].after is None
+    assert "no measured position of action dims [0, 1, 2]" in events[-1].reason
+    assert "nothing sent" in events[-1].reason and layer.state_at(0.01) == "stale"
+    assert layer.tick(now=1.0) is None  # the watchdog has nothing to hold either
+    layer.observe(1.0, joint_pos=[-0.8, 0.3, 0.88], now=1.0)
+    np.testing.assert_allclose(layer.filter([0.9, 0.9, 0.9], now=1.01), [-0.75, 0.35, 0.9])
+    np.testing.assert_allclose(layer.filter([0.9, 0.9, 0.9], now=1.02), [-0.7, 0.4, 0.9])
+
+
+@pytest.mark.parametrize("stop", ["estop", "nan_action"])
+def test_a_hold_before_the_first_command_holds_the_measured_pose(stop):
+    layer, events = make_layer(max_delta=0.05)
+
+    def first(now: float) -> np.ndarray | None:
+        if stop == "estop":
+            layer.estop("operator", now=now)
+            return layer.filter([0.9, 0.9, 0.9], now=now)
+        return layer.filter([np.nan, 0.9, 0.9], now=now)
+
+    assert first(0.01) is None  # nothing measured: nothing sent, not zeros
+    layer.reset_estop(now=0.02)
+    layer.observe(0.02, joint_pos=[0.4, -0.2, 0.1], now=0.02)
+    np.testing.assert_array_equal(first(0.03), [0.4, -0.2, 0.1])
+    assert {"estop": "estop", "nan_action": "nonfinite"}[stop] in [e.rule for e in events]
+
+
+NONFINITE = [
+    (dict(ee_pos=[0.5, np.nan, 0.5]), "ee_pos[1]=nan"),
+    (dict(joint_pos=[np.nan, 0.1, 0.1]), "joint_pos[0]=nan"),
+    (dict(obs_stamp=np.nan), "stamp=nan"),
+    (dict(state=[0.0, np.inf]), "state[1]=inf"),
+]
+
+
+@pytest.mark.parametrize("bad, shown", NONFINITE, ids=["ee_pos", "joint_pos", "stamp", "state"])
+def test_nonfinite_observation_holds_and_is_logged(bad, shown):
+    layer, events = make_layer(max_delta=0.1, workspace_low=[0] * 3, workspace_high=[1] * 3)
+    fine = dict(obs_stamp=0.0, ee_pos=[0.5] * 3, joint_pos=[0.1] * 3)
+    layer.observe(**fine, now=0.0)
+    safe = layer.filter([0.1, 0.1, 0.1], now=0.01)
+    layer.observe(**{**fine, "obs_stamp": 0.02, **bad}, now=0.02)
+    for t in (0.03, 0.04):
+        np.testing.assert_array_equal(layer.filter([0.5, 0.5, 0.5], now=t), safe)
+    assert layer.state_at(0.04) == "nonfinite"
+    assert [e.rule for e in events] == ["nonfinite"]  # recorded once, when the hold starts
+    assert shown in events[0].reason and events[0].reason.endswith(": hold")
+    layer.observe(**{**fine, "obs_stamp": 0.05}, now=0.05)  # finite again: moves on
+    np.testing.assert_allclose(layer.filter([0.5, 0.5, 0.5], now=0.06), [0.2, 0.2, 0.2])
+
+
+def test_nan_joint_position_before_the_first_command_sends_nothing():
+    layer, events = make_layer(action_low=[-1, -1], action_high=[1, 1], max_delta=0.1)
+    layer.observe(0.0, joint_pos=[np.nan, 0.0], now=0.0)
+    assert layer.filter([0.5, 0.5], now=0.01) is None  # not [nan, 0.1]
+    assert events[-1].rule == "nonfinite" and "joint_pos[0]=nan" in events[-1].reason
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -227,6 +294,7 @@ def test_keyboard_estop_latches_on_key():
 
 def test_hold_before_any_command_tracks_the_joints():
     layer, _ = make_layer(max_delta=0.1)
-    layer.filter([0.5, 0.5, 0.5], now=0.5)  # stale: holds at zeros, which is not remembered
+    layer.observe(0.0, joint_pos=[0.1, 0.1, 0.1], now=0.0)
+    assert layer.filter([0.5, 0.5, 0.5], now=0.5) is not None  # stale: holds, not remembered
     layer.observe(0.5, joint_pos=[0.4, 0.4, 0.4], now=0.5)
     np.testing.assert_allclose(layer.filter([0.5, 0.5, 0.5], now=0.51), [0.5, 0.5, 0.5])

@@ -17,6 +17,7 @@ record  steps a teleop source (the task's scripted expert, acting on the robot's
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -27,15 +28,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from embodied.core.errors import ConfigError
+from embodied.core.errors import ConfigError, RobotError
 from embodied.envs import make_env
 from embodied.sim2real.executor import ChunkExecutor
 from embodied.sim2real.launch import fake_robot
 from embodied.sim2real.robot import BridgeRobot
 from embodied.sim2real.robot_env import RobotEnv
-from embodied.sim2real.safety import Intervention, KeyboardEstop
+from embodied.sim2real.safety import HOLD_RULES, Intervention, KeyboardEstop, SafetyLayer
 from embodied.sim2real.topic_map import TopicMap
 from embodied.sim2real.transport import make_transport
+
+logger = logging.getLogger(__name__)
 
 TRANSPORT_KEYS = {"zenoh": ("connect", "listen", "domain_id", "mode"),
                   "rosbridge": ("host", "port", "type_style")}
@@ -82,7 +85,8 @@ def open_robot(robot_cfg: dict[str, Any], transport: str, task: str, *,
         robot = BridgeRobot(make_transport(transport, **options), topics,
                             robot_cfg.get("safety"),
                             disconnect_after_s=float(robot_cfg.get("disconnect_after_s", 0.5)),
-                            name=str(robot_cfg.get("name", "robot")), safety_log=safety_log)
+                            name=str(robot_cfg.get("name", "robot")), safety_log=safety_log,
+                            joint_pos=robot_cfg.get("joint_pos"))
         stack.callback(robot.disconnect)  # before the fake robot stops (LIFO)
         yield robot
 
@@ -93,15 +97,23 @@ def _policy_input(history: deque[torch.Tensor]) -> dict[str, torch.Tensor]:
     return {"state": torch.stack(list(history), dim=1)}  # [1, To, Do]
 
 
+def _why_held(safety: SafetyLayer) -> str:
+    holds = [e.reason for e in safety.interventions if e.rule in HOLD_RULES]
+    return holds[-1] if holds else f"safety state {safety.state!r}"
+
+
 def run_policy_episode(env: RobotEnv, policy: Any, *, rate_hz: float, seed: int,
                        merge: str = "replace", replan_every: int | None = None,
                        deterministic: bool = True) -> dict[str, Any]:
     """One episode of `policy` on the robot behind `env`; returns its outcome and the
-    executor's timing statistics."""
+    executor's timing statistics. Raises a RobotError when the control loop dies (say the
+    transport fails) or when the safety layer let no command through all episode."""
     robot, cfg = env.robot, policy.config
     every = replan_every or max(1, cfg.n_action_steps - 1)
     policy.reset(1)  # stateful policies (ResiP's base queue) start a new episode
     obs = env.reset(seed=seed)
+    # Each observation's step and time tag the chunk planned from it (stale rows, latency).
+    obs_step, obs_time = 0, time.monotonic()
     history = deque([obs["state"]] * cfg.n_obs_steps, maxlen=cfg.n_obs_steps)
     executor = ChunkExecutor(robot.publish_command, rate_hz, merge=merge, safety=robot.safety)
     generator = torch.Generator().manual_seed(seed)
@@ -112,24 +124,34 @@ def run_policy_episode(env: RobotEnv, policy: Any, *, rate_hz: float, seed: int,
     try:
         with torch.no_grad():
             while not (status is not None and status.done):
-                step = executor.step_index
-                if step >= limit:
+                executor.check()  # a dead control loop never advances: stop, do not wait
+                if obs_step >= limit:
                     break
-                if step >= next_plan:
+                if obs_step >= next_plan:
                     chunk = policy.act(_policy_input(history), generator=generator,
                                        deterministic=deterministic)[0]
-                    executor.submit(chunk.double().numpy(), step)
+                    executor.submit(chunk.double().numpy(), obs_step, obs_time)
                     if not executor.running:
                         executor.start()
-                    next_plan = step + every
+                    next_plan = obs_step + every
                 obs, status = env.observe()
+                obs_step, obs_time = executor.step_index, time.monotonic()
                 history.append(obs["state"])
     finally:
-        executor.stop()
-        robot.publish_command(robot.safety.hold())  # leave the robot held, not moving
+        try:
+            executor.stop()  # raises what stopped the control loop, if anything did
+        finally:
+            try:
+                robot.send_hold()  # leave the robot held, not moving (if ever commanded)
+            except Exception:  # keep the error in flight; disconnect tries the hold again
+                logger.exception("could not send the hold at the end of the episode")
     stats = {k: (round(v, 3) if isinstance(v, float) else v)
              for k, v in executor.stats().items()}
     stats["executor_steps"] = stats.pop("steps")
+    if not stats["sent"]:
+        raise RobotError(f"no command was sent in the episode with seed {seed}: the safety "
+                         f"layer held every one ({_why_held(robot.safety)}); the robot was "
+                         "not moved. Fix that cause (the interventions log has each one)")
     return {"seed": seed, "success": bool(status.episode_success) if status else None,
             "steps": status.step if status else stats["executor_steps"],
             "return": status.episode_return if status else None,
@@ -243,11 +265,17 @@ def _teleop_episode(env: RobotEnv, expert: Any, seed: int) -> tuple[dict[str, np
         action = expert.act(obs["state"])
         next_obs, reward, terminated, truncated, info = env.step(action)
         done = bool(terminated[0] | truncated[0])
-        for key, value in (("observation.state", obs["state"][0]),
-                           ("action", info["action_sent"][0]), ("next.reward", reward[0]),
-                           ("next.done", done), ("next.terminated", terminated[0]),
-                           ("next.success", info["success"][0])):
-            rows[key].append(np.asarray(value))
+        # NaN: nothing was sent (the safety layer held before any command, with nothing to
+        # hold at), so the robot did not act: no frame. Only the first steps can be such.
+        if not info["action_sent"].isnan().any():
+            for key, value in (("observation.state", obs["state"][0]),
+                               ("action", info["action_sent"][0]), ("next.reward", reward[0]),
+                               ("next.done", done), ("next.terminated", terminated[0]),
+                               ("next.success", info["success"][0])):
+                rows[key].append(np.asarray(value))
         obs = next_obs
         if done:
+            if not rows["action"]:
+                raise RobotError(f"no command was sent in the episode with seed {seed}: the "
+                                 f"safety layer held every one ({_why_held(env.robot.safety)})")
             return {k: np.stack(v) for k, v in rows.items()}, bool(info["episode_success"][0])

@@ -2,11 +2,11 @@
 
 A policy predicts a chunk of T actions (T, D) from one observation, and inference takes
 time: by the time the chunk arrives the robot has moved on. The executor's step counter
-advances once per control period; the policy reads `step_index` when it grabs the
-observation and tags the chunk with it (`obs_step`). Row i of the chunk is meant for step
-obs_step + i. Rows whose step has passed are dropped (`stale_dropped`), as is a whole chunk
-that arrives after one from a newer observation; the rest are scheduled from the current step
-and merged with what is already scheduled:
+advances once per control period; the policy reads `step_index` (and the clock) when it
+grabs the observation and tags the chunk with them (`obs_step`, `obs_time`). Row i of the
+chunk is meant for step obs_step + i. Rows whose step has passed are dropped
+(`stale_dropped`), as is a whole chunk that arrives after one from a newer observation; the
+rest are scheduled from the current step and merged with what is already scheduled:
 
     replace   the new chunk replaces the whole plan (old steps it does not cover are dropped)
     ensemble  ACT temporal ensembling: every prediction for a step is kept, and the action
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from embodied.core.errors import ConfigError
+from embodied.core.errors import ConfigError, RobotError
 from embodied.sim2real.safety import SafetyLayer
 
 logger = logging.getLogger("embodied.sim2real.executor")
@@ -46,7 +46,10 @@ class ChunkExecutor:
     Each period: take the action scheduled for this step (merged per `merge`), pass it
     through `safety.filter`, and `send` it. With nothing scheduled the robot holds
     (`starved`): the last command is repeated, or with a safety layer its watchdog/hold
-    command is sent. Before the first chunk nothing is sent at all.
+    command is sent. Before the first chunk nothing is sent at all, nor when the safety
+    layer has nothing to send (a hold before any command with no measured position).
+    If `send` or the safety layer raises, the thread stops: `check` and `stop` raise a
+    RobotError naming the cause, so the loop feeding chunks does not wait forever.
     """
 
     def __init__(self, send: Callable[[np.ndarray], Any], rate_hz: float,
@@ -97,10 +100,12 @@ class ChunkExecutor:
     def running(self) -> bool:
         return self._thread is not None
 
-    def submit(self, chunk: np.ndarray, obs_step: int) -> int:
-        """Schedule `chunk` (T, D), predicted from the observation taken at `obs_step`.
-        Returns how many of its actions were dropped: those whose step has passed, or all of
-        them when a chunk from a newer observation was already submitted (out of order)."""
+    def submit(self, chunk: np.ndarray, obs_step: int, obs_time: float | None = None) -> int:
+        """Schedule `chunk` (T, D), predicted from the observation taken at `obs_step`
+        (`step_index` then) and at `obs_time` (this executor's clock then; with it, the chunk's
+        latency is recorded). Returns how many of its actions were dropped: those whose step
+        has passed, or all of them when a chunk from a newer observation was already
+        submitted (out of order)."""
         actions = np.array(chunk, dtype=np.float64)  # a copy: the caller may reuse its buffer
         obs_step = operator.index(obs_step)
         if actions.ndim != 2 or actions.shape[0] == 0:
@@ -114,8 +119,8 @@ class ChunkExecutor:
             if not 0 <= obs_step <= now_step:
                 raise ValueError(f"obs_step={obs_step} is not in [0, {now_step}] (the current "
                                  f"step): read step_index when grabbing the observation")
-            if self._t0 is not None:
-                self._latency.append(self._clock() - self._deadline(obs_step))
+            if obs_time is not None:
+                self._latency.append(self._clock() - float(obs_time))
             if obs_step < self._newest_obs_step:  # overtaken by a newer chunk: drop it all
                 stale = actions.shape[0]
             else:
@@ -143,8 +148,14 @@ class ChunkExecutor:
                                         daemon=True)
         self._thread.start()
 
+    def check(self) -> None:
+        """Raise (as `stop` does) if the thread died; a no-op while it runs. Call it from the
+        loop that feeds chunks: its step counter stopped, so it would wait forever."""
+        if self._thread is not None and self._error is not None:
+            self.stop()
+
     def stop(self) -> None:
-        """Stop and join the thread; re-raise what stopped it if `send` or safety raised."""
+        """Stop and join the thread; raise a RobotError if `send` or safety raised in it."""
         if self._thread is None:
             return
         self._stop.set()
@@ -152,7 +163,10 @@ class ChunkExecutor:
         self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
-            raise RuntimeError("the control loop stopped on an error") from error
+            raise RobotError(
+                f"the control loop stopped at step {self.step_index - 1}: "
+                f"{type(error).__name__}: {error}. No command is sent any more; if the "
+                "transport failed, check the link to the robot") from error
 
     def __enter__(self) -> ChunkExecutor:
         self.start()
@@ -165,10 +179,11 @@ class ChunkExecutor:
         """Counts, loop jitter and chunk latency in ms (NaN before any sample).
 
         steps: control periods elapsed, skipped ones included (= step_index).
-        jitter: wake time - deadline. latency: submit time - deadline of step obs_step, i.e.
-        how late the chunk's first action is; negative when the chunk arrived before it was
-        due (the observation is read between deadlines, so this is inference time minus up
-        to one period)."""
+        jitter: wake time - deadline. latency: submit time - obs_time, how long the chunk
+        took from its observation (inference, for a chunk submitted at once); only chunks
+        submitted with an obs_time count. (Not measured from a step's deadline: the
+        observation is read between deadlines, after step obs_step - 1 and before step
+        obs_step, so neither deadline is when it was taken.)"""
         with self._lock:
             out: dict[str, float] = {"steps": self._step, **self._counts}
             jitter, latency = np.array(self._jitter), np.array(self._latency)

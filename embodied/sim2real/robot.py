@@ -1,18 +1,25 @@
 """The Robot interface (as LeRobot users know it) and a robot reached through a bridge transport.
 
     robot = BridgeRobot(make_transport("zenoh", connect=["tcp/robot:7447"]),
-                        TopicMap.from_yaml("configs/robot/ros2_example.yaml"), safety={...})
+                        TopicMap.from_yaml("configs/robot/ros2_example.yaml"), safety={...},
+                        joint_pos={"feature": "state", "index": [0, 1, 2, 3, 4, 5, 6, 14]})
     robot.connect()                          # waits for every observation topic
     robot.observation_features               # {"state": (26,)}
     robot.action_features                    # {"action": (4,)}
     obs = robot.get_observation()            # {"state": float64 array}
     sent = robot.send_action(action)         # what was actually sent, after the safety layer
-    robot.disconnect()                       # sends a last hold, closes the transport
+    robot.disconnect()                       # a last hold (if anything was sent), closes
 
 Every command goes through a `SafetyLayer` (there is no way around it: no settings means
 the defaults). The robot also feeds it: each observation (arrival time on our clock, the
-end-effector position when the topic map names one), an e-stop topic (latches it), and
+end-effector position when the topic map names one, the measured joint positions when
+`joint_pos` names them, every value for the NaN check), an e-stop topic (latches it), and
 silence (no observation for `disconnect_after_s` -> disconnect, until messages come back).
+`joint_pos` (the robot YAML's `joint_pos: {feature, index}`: feature[index[k]] is action dim
+k's measured position, in the robot's units, mapped into action units through the action
+topic's low/high) is where a position-controlled robot's first command and early holds
+start: without it nothing is held before the first command, and `max_delta` is refused.
+Nothing is ever published to a robot that was never commanded (no hold on disconnect).
 A monitor thread runs the command watchdog, so a caller that stops sending still ends in
 a hold. Robots that can reset an episode (the fake robot) also take `reset_episode(seed)`
 and report an `EpisodeStatus` (reward, done, success) on their status topic.
@@ -103,8 +110,9 @@ class Robot(ABC):
         """The latest value of every observation feature."""
 
     @abstractmethod
-    def send_action(self, action: np.ndarray) -> np.ndarray:
-        """Send one action (D,); return the command actually sent (after safety)."""
+    def send_action(self, action: np.ndarray) -> np.ndarray | None:
+        """Send one action (D,); return the command actually sent (after safety), or None
+        when safety sent nothing (holding before any command, with nothing to hold at)."""
 
     @abstractmethod
     def disconnect(self) -> None: ...
@@ -151,6 +159,32 @@ def make_safety(settings: dict[str, Any] | None, dim: int,
     return SafetyLayer(config, log=log)
 
 
+def _joint_pos_source(topics: TopicMap, joint_pos: Any) -> tuple[str, np.ndarray] | None:
+    """(feature, index) from `joint_pos: {feature, index}` (see the module docstring)."""
+    if joint_pos is None:
+        return None
+    if (not isinstance(joint_pos, dict) or not set(joint_pos) <= {"feature", "index"}
+            or not joint_pos.get("index")):
+        raise ConfigError(f"joint_pos must be {{feature: <observation>, index: [i, ...]}} "
+                          f"(feature[index[k]] is action dim k's measured position), got "
+                          f"{joint_pos!r}")
+    feature = str(joint_pos.get("feature") or "state")
+    if feature not in topics.observations or topics.observations[feature].is_image:
+        raise ConfigError(f"joint_pos.feature {feature!r} is not a vector observation; "
+                          f"observations: {list(topics.observations)}")
+    index = np.array([int(i) for i in joint_pos["index"]])
+    action = topics.action
+    if (index < 0).any() or (action.dim is not None and index.size > action.dim):
+        raise ConfigError(f"joint_pos.index must be at most {action.dim} indices >= 0 (one "
+                          f"per leading action dim), got {index.tolist()}")
+    if action.low is not None and action.high is not None:
+        flat = np.flatnonzero(np.array(action.low[:index.size]) == action.high[:index.size])
+        if flat.size:
+            raise ConfigError(f"topics.action low == high at dims {flat.tolist()}: a measured "
+                              "position there has no value in action units")
+    return feature, index
+
+
 class BridgeRobot(Robot):
     """A robot behind a `Transport`, its topics given by a `TopicMap` (see module docstring).
 
@@ -162,10 +196,12 @@ class BridgeRobot(Robot):
     def __init__(self, transport: Transport, topics: TopicMap,
                  safety: SafetyLayer | dict[str, Any] | None = None, *,
                  disconnect_after_s: float = 0.5, name: str = "bridge",
-                 safety_log: Callable[[Intervention], None] | None = None) -> None:
+                 safety_log: Callable[[Intervention], None] | None = None,
+                 joint_pos: dict[str, Any] | None = None) -> None:
         if not disconnect_after_s > 0:
             raise ConfigError(f"disconnect_after_s must be > 0, got {disconnect_after_s}")
         self.transport, self.topics, self.name = transport, topics, name
+        self._joint_pos = _joint_pos_source(topics, joint_pos)
         self.disconnect_after_s = float(disconnect_after_s)
         self._safety_settings = safety
         self._safety_log = safety_log
@@ -247,10 +283,10 @@ class BridgeRobot(Robot):
         elif self.safety.config.dim != dim:
             raise ConfigError(f"the safety layer is for {self.safety.config.dim}-dim actions, "
                               f"the robot takes {dim}")
+        self._check_joint_pos(dim)
         with self._cond:  # what arrived before the layer existed counts
-            stamp, ee = self._oldest_arrival(), self._ee_pos()
-        if stamp is not None:
-            self.safety.observe(stamp, ee_pos=ee)
+            measured = self._measured()
+        self._observe(*measured)
         self._connected = True
         self._stop.clear()
         self._monitor = threading.Thread(target=self._watch, name=f"{self.name}-monitor",
@@ -276,17 +312,20 @@ class BridgeRobot(Robot):
                 self._cond.wait(left)
         return self.get_observation()
 
-    def send_action(self, action: Any) -> np.ndarray:
+    def send_action(self, action: Any) -> np.ndarray | None:
         """Filter `action` through the safety layer and publish it; returns the action sent,
-        in the policy's space (before the topic map's low/high scaling, if any)."""
+        in the policy's space (before the topic map's low/high scaling, if any), or None
+        when the safety layer sent nothing (see `SafetyLayer.filter`)."""
         command = self._safety_layer().filter(self._as_action(action))
-        self.publish_command(command)
+        if command is not None:
+            self.publish_command(command)
         return command
 
     def send_chunk(self, chunk: Any, dt: float) -> np.ndarray:
         """Send a chunk (T, D) as one JointTrajectory, point k due k * dt after now, for a
         robot whose controller plays trajectories. Each row goes through the safety layer in
-        order (so max_delta applies between rows); returns the rows sent."""
+        order (so max_delta applies between rows); returns the rows sent (the chunk ends
+        at a row the safety layer sends nothing for: a hold with nothing to hold at)."""
         if not self.topics.action.is_trajectory:
             raise ConfigError(f"send_chunk needs a JointTrajectory action topic; "
                               f"{self.topics.action.topic} is {self.topics.action.type}")
@@ -294,9 +333,17 @@ class BridgeRobot(Robot):
         if rows.ndim != 2:
             raise ValueError(f"chunk must be (T, D), got shape {rows.shape}")
         safety = self._safety_layer()
-        sent = np.stack([safety.filter(self._as_action(row)) for row in rows])
+        kept = []
+        for row in rows:
+            command = safety.filter(self._as_action(row))
+            if command is None:
+                break
+            kept.append(command)
+        sent = np.array(kept).reshape(len(kept), self._require_action_dim())
+        if not kept:
+            return sent
         spec = self.topics.action
-        msg = messages.joint_trajectory(spec.names(sent.shape[1]), spec.to_robot(sent), dt,
+        msg = messages.joint_trajectory(spec.names(sent.shape[1]), self._to_robot(sent), dt,
                                         stamp_ns=time.time_ns())
         with self._publish_lock:
             self.transport.publish(self.topics.action.topic, self.topics.action.type, msg)
@@ -307,7 +354,7 @@ class BridgeRobot(Robot):
         """Publish a command that already went through the safety layer (the executor's
         `send`; everyone else calls `send_action`)."""
         spec = self.topics.action
-        command = spec.to_robot(np.asarray(command, dtype=np.float64))
+        command = self._to_robot(np.asarray(command, dtype=np.float64))
         if spec.is_trajectory:
             msg = messages.joint_trajectory(spec.names(command.shape[0]), command[None], 0.0)
         else:
@@ -316,6 +363,16 @@ class BridgeRobot(Robot):
             self.transport.publish(spec.topic, spec.type, msg)
             self._sent_any = True
 
+    def send_hold(self) -> np.ndarray | None:
+        """Publish the safety layer's hold command and return it. Nothing (None) for a robot
+        that was never commanded (it stays as it is), or with nothing to hold at."""
+        if not self._sent_any:
+            return None
+        hold = self._safety_layer().hold()
+        if hold is not None:
+            self.publish_command(hold)
+        return hold
+
     def disconnect(self) -> None:
         """Send one last hold (if anything was sent), stop the monitor, close the transport."""
         self._stop.set()
@@ -323,8 +380,8 @@ class BridgeRobot(Robot):
             self._monitor.join()
             self._monitor = None
         try:
-            if self._connected and self.safety is not None and self._sent_any:
-                self.publish_command(self.safety.hold())
+            if self._connected and self.safety is not None:
+                self.send_hold()
         except Exception:  # the transport may already be gone; closing matters more
             log.exception("could not send the final hold")
         self._connected = False
@@ -380,14 +437,12 @@ class BridgeRobot(Robot):
                 if name == self._primary and index == 0:
                     self._seq += 1
                 reconnected, self._disconnected = self._disconnected, False
-                stamp = self._oldest_arrival()
-                ee = self._ee_pos()
+                measured = self._measured()
                 self._cond.notify_all()
             if self.safety is not None:
                 if reconnected:
                     self.safety.on_reconnect()
-                if stamp is not None:
-                    self.safety.observe(stamp, ee_pos=ee)
+                self._observe(*measured)
 
         return callback
 
@@ -424,7 +479,7 @@ class BridgeRobot(Robot):
                 topics = [s.topic for spec in self.topics.observations.values()
                           for s in spec.sources]
                 safety.on_disconnect(f"no observation on {topics} for {now - newest:.2f} s")
-            hold = safety.tick()
+            hold = safety.tick() if self._sent_any else None  # never commanded: leave it be
             if hold is not None:
                 try:
                     self.publish_command(hold)
@@ -451,6 +506,66 @@ class BridgeRobot(Robot):
 
     def _action_dim_pending(self) -> bool:
         return self._action_dim is None and self.topics.status is not None
+
+    def _check_joint_pos(self, dim: int) -> None:
+        """The measured positions fit the observation, and max_delta has them where needed."""
+        measured = 0
+        if self._joint_pos is not None:
+            feature, index = self._joint_pos
+            size = self._shapes[feature][0]  # type: ignore[index]
+            if index.size > dim or index.max() >= size:
+                raise ConfigError(f"joint_pos.index {index.tolist()} does not fit: {feature!r} "
+                                  f"has {size} values and the action {dim} dims")
+            measured = index.size
+        config = self._safety_layer().config
+        missing = [i for i in config.position_dims() if i >= measured]
+        if config.max_delta is not None and missing:
+            raise ConfigError(
+                f"safety: max_delta caps each command's change, the first one's from the "
+                f"measured position, but action dims {missing} of robot {self.name!r} have no "
+                "measured position (hold_mode hold_position holds them). Set joint_pos in the "
+                "robot YAML ({feature: state, index: [...]}: where the observation holds each "
+                "action dim's position, in the robot's units), list velocity or delta dims in "
+                "hold_zero_dims, or use hold_mode: zero for a velocity-controlled robot")
+
+    def _measured(self) -> tuple[float | None, np.ndarray | None, np.ndarray | None,
+                                 np.ndarray]:
+        """What the safety layer observes (call with _cond held): the oldest arrival, the
+        end effector, the measured joint positions in action units, every vector value."""
+        vectors = [p for f, parts in self._values.items()
+                   if not self.topics.observations[f].is_image for p in parts if p is not None]
+        return (self._oldest_arrival(), self._ee_pos(), self._joint_positions(),
+                np.concatenate(vectors) if vectors else np.zeros(0))
+
+    def _observe(self, stamp: float | None, ee: np.ndarray | None, joints: np.ndarray | None,
+                 values: np.ndarray) -> None:
+        if self.safety is not None and stamp is not None:
+            self.safety.observe(stamp, ee_pos=ee, joint_pos=joints, state=values)
+
+    def _joint_positions(self) -> np.ndarray | None:
+        if self._joint_pos is None:
+            return None
+        feature, index = self._joint_pos
+        parts = self._values[feature]
+        if any(p is None for p in parts):
+            return None
+        value = np.concatenate(parts)  # type: ignore[arg-type]
+        if value.shape[0] <= index.max():
+            return None  # a message of the wrong size: get_observation reports it
+        position = value[index]
+        spec = self.topics.action
+        if spec.low is None or spec.high is None:
+            return position
+        # The inverse of ActionSpec.to_robot: the robot's units -> action units.
+        low, high = np.array(spec.low[:index.size]), np.array(spec.high[:index.size])
+        return (position - low) / (high - low) * 2.0 - 1.0
+
+    def _to_robot(self, command: np.ndarray) -> np.ndarray:
+        """Action units -> the robot's units; the last check that no NaN reaches the robot."""
+        if not np.isfinite(command).all():
+            raise RobotError(f"refusing to publish a command with NaN or inf ({command}): "
+                             "commands must come through the safety layer (send_action)")
+        return self.topics.action.to_robot(command)
 
     def _oldest_arrival(self) -> float | None:
         times = [t for ts in self._arrival.values() for t in ts]

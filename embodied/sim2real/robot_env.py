@@ -7,8 +7,10 @@
 The simulated task is the specification: the robot's observation features must have the
 shapes the task's observations have (a policy trained in simulation reads them), checked
 when the env is built. A step sends the action through the robot's safety layer
-(`info["action_sent"]` is what went out) and returns the robot's next observation, so the
-loop runs at the rate the robot publishes observations (the fake robot: its control rate).
+(`info["action_sent"]` is what went out; NaN when nothing did: a hold before the robot's
+first command, with no measured position to hold at) and returns the robot's next
+observation, so the loop runs at the rate the robot publishes observations (the fake robot:
+its control rate).
 Reward, termination and success come from the robot's episode status where it reports one
 (the fake robot does); elsewhere they are 0 / False and episodes end by truncation.
 
@@ -102,6 +104,8 @@ class RobotEnv:
                              f"{tuple(actions.shape)}")
         # Unclipped: the robot's safety layer clips (and holds on NaN) and logs it.
         sent = self.robot.send_action(actions[0].double().numpy())
+        if sent is None:  # nothing went out (see the module docstring)
+            sent = np.full(self.action_dim, np.nan)
         observation = self.robot.wait_for_observation(self.obs_timeout_s)
         status = self.status = self.robot.episode_status()
         self._elapsed += 1

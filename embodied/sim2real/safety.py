@@ -4,21 +4,29 @@ Every command goes through `SafetyLayer.filter` before it is sent, and the contr
 `SafetyLayer.tick` once per period so that a policy that goes silent still ends in a hold.
 Rules, in the order `filter` applies them:
 
-    estop, disconnect, stale, workspace (reported end effector outside the box)  -> hold
+    estop, disconnect                                                            -> hold
+    nonfinite (NaN or inf in the observation: stamp, ee_pos, joint_pos, state)   -> hold
+    stale (no observation yet, too old, or stamped in the future)                -> hold
+    workspace (reported end effector outside the box)                            -> hold
+    stale (max_delta, nothing sent yet, and no measured position: see below)     -> hold
     nonfinite (NaN or inf in the action)                                         -> hold
     action_limit, joint_limit, workspace_target                                  -> clip
     max_delta (change from the last command sent)                                -> cap
     watchdog (no `filter` call within watchdog_s; checked by `tick`)             -> hold
+Comparisons are written so that a NaN fails them (holds), besides the explicit check.
 
-What "hold" sends (`hold_action`):
-    hold_mode="zero": zeros, for velocity-controlled robots (stop moving).
-    hold_mode="hold_position": the last command sent. Before any command it is the last
-    reported joint position in the leading action dims (zeros elsewhere), else zeros, clipped
-    into the limits. Zeros is a real target for a position-controlled robot, so report
-    `joint_pos` through `observe` before the first command.
-    hold_zero_dims: with hold_position, these dims hold at zero instead. For mixed actions,
-    e.g. end-effector deltas (velocity-like: zero stops) next to an absolute gripper command
-    (repeating it keeps a grasp).
+What "hold" sends (`hold_action`), and where max_delta starts:
+    hold_mode="zero": zeros, for velocity-controlled robots (zero is "stop"; the first
+    command ramps up from it). A measured position is not a velocity command: ignored.
+    hold_mode="hold_position": the last command sent. Before any command, the measured
+    position (`observe(joint_pos=...)`: leading action dims, in action units), clipped into
+    the limits; max_delta caps the first command's change from it. A position-controlled
+    robot has no safe default target, so while any held dim has no measured position and
+    nothing was sent, a hold returns None (send nothing) and with max_delta every command
+    holds ("stale": no measured position yet).
+    hold_zero_dims: with hold_position, these dims hold at zero instead and need no measured
+    position (velocity-like: zero stops). For mixed actions, e.g. end-effector deltas next to
+    an absolute gripper command (repeating it keeps a grasp).
 
 Time: every method takes `now`, seconds on the layer's clock (`time.monotonic` unless another
 clock is given). Observation stamps must be on that same clock: stamp arrival time with it,
@@ -49,7 +57,7 @@ HOLD_RULES = ("estop", "disconnect", "stale", "workspace", "nonfinite", "watchdo
 CLIP_RULES = ("action_limit", "joint_limit", "workspace_target", "max_delta")
 # Rule that holds the robot -> the `state` it reports.
 _STATE_OF_RULE = {"estop": "estopped", "disconnect": "disconnected", "stale": "stale",
-                  "workspace": "workspace", "watchdog": "watchdog"}
+                  "nonfinite": "nonfinite", "workspace": "workspace", "watchdog": "watchdog"}
 _AXES = "xyz"
 
 
@@ -61,6 +69,21 @@ def _vector(name: str, value: object, dim: int | None = None) -> np.ndarray:
     if np.isnan(arr).any():
         raise ConfigError(f"{name} contains NaN: {arr}")
     return arr
+
+
+def _nonfinite(**parts: object) -> list[str]:
+    """The NaN/inf values among `parts` (None: not given), as "name[i]=nan" strings."""
+    found = []
+    for name, value in parts.items():
+        if value is None:
+            continue
+        flat = np.asarray(value, dtype=np.float64).reshape(-1)
+        bad = np.flatnonzero(~np.isfinite(flat))
+        scalar = np.ndim(value) == 0
+        found += [f"{name if scalar else f'{name}[{i}]'}={flat[i]}" for i in bad[:4]]
+        if bad.size > 4:
+            found.append(f"{bad.size - 4} more in {name}")
+    return found
 
 
 def _box(name: str, low: object, high: object, dim: int | None = None
@@ -159,6 +182,13 @@ class SafetyConfig:
         """Action dimension D."""
         return int(self.action_low.shape[0])
 
+    def position_dims(self) -> tuple[int, ...]:
+        """Dims a hold repeats: they need a measured position before the first command (all
+        but hold_zero_dims with hold_position; none with hold_mode zero)."""
+        if self.hold_mode == "zero":
+            return ()
+        return tuple(i for i in range(self.dim) if i not in (self.hold_zero_dims or ()))
+
 
 @dataclass(frozen=True)
 class Intervention:
@@ -193,6 +223,7 @@ class SafetyLayer:
         self._obs_stamp: float | None = None
         self._ee_pos: np.ndarray | None = None
         self._joint_pos: np.ndarray | None = None
+        self._obs_nonfinite: list[str] = []  # NaN/inf values of the latest observation
         self._last_sent: np.ndarray | None = None
         self._last_command_at: float | None = None
         self._holding: str | None = None  # cause of the hold in progress, recorded once
@@ -211,9 +242,14 @@ class SafetyLayer:
     # --- inputs -----------------------------------------------------------------------------
 
     def observe(self, obs_stamp: float, ee_pos: np.ndarray | None = None,
-                joint_pos: np.ndarray | None = None, now: float | None = None) -> None:
-        """Record the latest observation. `ee_pos` (3,) and `joint_pos` (J <= D,) replace the
-        previous ones; None means "not reported", which skips the workspace check."""
+                joint_pos: np.ndarray | None = None, state: np.ndarray | None = None,
+                now: float | None = None) -> None:
+        """Record the latest observation; each argument replaces the previous one, None
+        means "not reported". `ee_pos` (3,): the end effector, for the workspace check.
+        `joint_pos` (J <= D,): the measured position of the leading J action dims, in action
+        units; a hold before the first command holds it and max_delta starts from it.
+        `state` (any shape): the rest of what the policy reads, only checked for NaN/inf.
+        A NaN or inf anywhere (the stamp too) holds the robot until a finite observation."""
         ee = None if ee_pos is None else np.array(ee_pos, dtype=np.float64)
         joints = None if joint_pos is None else np.array(joint_pos, dtype=np.float64)
         if ee is not None and ee.shape != (3,):
@@ -221,12 +257,16 @@ class SafetyLayer:
         if joints is not None and (joints.ndim != 1 or joints.shape[0] > self.config.dim):
             raise ValueError(f"joint_pos must be 1-D with at most {self.config.dim} dims, "
                              f"got shape {joints.shape}")
+        bad = _nonfinite(stamp=obs_stamp, ee_pos=ee, joint_pos=joints, state=state)
+        if joints is not None and not np.isfinite(joints).all():
+            joints = None  # a NaN is no position to hold at or to start max_delta from
         with self._lock:
             self._obs_stamp = float(obs_stamp)
-            self._ee_pos, self._joint_pos = ee, joints
+            self._ee_pos, self._joint_pos, self._obs_nonfinite = ee, joints, bad
 
-    def filter(self, action: np.ndarray, now: float | None = None) -> np.ndarray:
-        """Return the command actually to send for the policy's `action` (D,)."""
+    def filter(self, action: np.ndarray, now: float | None = None) -> np.ndarray | None:
+        """Return the command actually to send for the policy's `action` (D,); None: send
+        nothing (a hold before any command, with no measured position to hold at)."""
         now = self._now(now)
         proposed = np.array(action, dtype=np.float64)
         if proposed.shape != (self.config.dim,):
@@ -242,9 +282,11 @@ class SafetyLayer:
                 rule, cause, reason = hold
                 out = self._hold_locked()
                 if self._holding != cause:
-                    self._record(now, rule, f"{reason}: hold", proposed, out, throttle=False)
+                    self._record(now, rule, f"{reason}: {self._hold_note(out)}", proposed, out,
+                                 throttle=False)
                 self._holding = cause
-                self._held(out)
+                if out is not None:
+                    self._held(out)
             else:
                 self._holding = None
                 out = self._limit(proposed, now)
@@ -254,7 +296,7 @@ class SafetyLayer:
     def tick(self, now: float | None = None) -> np.ndarray | None:
         """Call once per control period. Returns the hold command when no command came
         within watchdog_s, else None. The watchdog is armed by the first `filter` call:
-        before it there is nothing to hold."""
+        before it there is nothing to hold (nor while a hold has nothing to hold at)."""
         now = self._now(now)
         with self._lock:
             if self._last_command_at is None:
@@ -263,6 +305,8 @@ class SafetyLayer:
             if silent <= self.config.watchdog_s:
                 return None
             out = self._hold_locked()
+            if out is None:
+                return None
             if self._holding != "watchdog":
                 self._record(now, "watchdog", f"no command for {silent:.3f}s (watchdog "
                              f"{self.config.watchdog_s}s): hold", None, out, throttle=False)
@@ -270,16 +314,19 @@ class SafetyLayer:
             self._held(out)
             return out
 
-    def hold(self, now: float | None = None) -> np.ndarray:
-        """The hold command, recorded as sent (a later `max_delta` cap starts from it). For
-        control loops that have nothing new to send; not an intervention, not logged."""
+    def hold(self, now: float | None = None) -> np.ndarray | None:
+        """The hold command, recorded as sent (a later `max_delta` cap starts from it); None
+        when there is nothing to hold at (see `hold_action`). For control loops that have
+        nothing new to send; not an intervention, not logged."""
         with self._lock:
             out = self._hold_locked()
-            self._held(out)
+            if out is not None:
+                self._held(out)
             return out
 
-    def hold_action(self) -> np.ndarray:
-        """The hold command (see the module docstring); changes nothing."""
+    def hold_action(self) -> np.ndarray | None:
+        """The hold command (see the module docstring); changes nothing. None: nothing was
+        sent yet and a held dim has no measured position, so there is no safe target."""
         with self._lock:
             return self._hold_locked()
 
@@ -330,7 +377,8 @@ class SafetyLayer:
 
     @property
     def state(self) -> str:
-        """One of "ok", "estopped", "disconnected", "stale", "workspace", "watchdog"."""
+        """One of "ok", "estopped", "disconnected", "stale", "nonfinite", "workspace",
+        "watchdog"."""
         return self.state_at()
 
     def state_at(self, now: float | None = None) -> str:
@@ -360,27 +408,43 @@ class SafetyLayer:
             return "disconnect", "disconnect", "transport disconnected"
         if self._obs_stamp is None:
             return "stale", "no_observation", "no observation received yet"
+        if self._obs_nonfinite:
+            return "nonfinite", "nonfinite_observation", (
+                f"observation has NaN or inf ({', '.join(self._obs_nonfinite)})")
         age = now - self._obs_stamp
-        if age > cfg.stale_after_s:
-            return "stale", "old", f"observation is {age:.3f}s old (limit {cfg.stale_after_s}s)"
         if age < -cfg.stale_after_s:
             return "stale", "future", (f"observation stamp is {-age:.3f}s in the future: stamp "
                                        f"it with the safety layer's clock (time.monotonic)")
+        if not age <= cfg.stale_after_s:  # `not <=`: a NaN age is stale too
+            return "stale", "old", f"observation is {age:.3f}s old (limit {cfg.stale_after_s}s)"
         if cfg.workspace_low is not None and self._ee_pos is not None:
-            out = (self._ee_pos < cfg.workspace_low) | (self._ee_pos > cfg.workspace_high)
-            if out.any():
+            inside = (self._ee_pos >= cfg.workspace_low) & (self._ee_pos <= cfg.workspace_high)
+            if not inside.all():
                 parts = [f"{_AXES[i]}={self._ee_pos[i]:.4g} outside [{cfg.workspace_low[i]:.4g}, "
-                         f"{cfg.workspace_high[i]:.4g}]" for i in np.flatnonzero(out)]
+                         f"{cfg.workspace_high[i]:.4g}]" for i in np.flatnonzero(~inside)]
                 reason = "end effector left the workspace: " + ", ".join(parts)
                 return "workspace", "workspace", reason
+        if cfg.max_delta is not None and self._unmeasured():
+            return "stale", "no_position", (
+                f"no measured position of action dims {self._unmeasured()} yet: max_delta has "
+                "nothing to start the first command from (report joint_pos)")
         return None
 
-    def _hold_locked(self) -> np.ndarray:
+    def _unmeasured(self) -> list[int]:
+        """Held dims with no command sent and no measured position: no safe target yet."""
+        if self._last_sent is not None:
+            return []
+        measured = 0 if self._joint_pos is None else self._joint_pos.shape[0]
+        return [i for i in self.config.position_dims() if i >= measured]
+
+    def _hold_locked(self) -> np.ndarray | None:
         cfg = self.config
         if cfg.hold_mode == "zero":
             return np.zeros(cfg.dim)
         if self._last_sent is not None:
             out = self._last_sent.copy()
+        elif self._unmeasured():
+            return None  # zeros would be a real target, anywhere in the joint range
         else:
             out = np.zeros(cfg.dim)
             if self._joint_pos is not None:
@@ -390,6 +454,12 @@ class SafetyLayer:
         if cfg.hold_zero_dims:
             out[list(cfg.hold_zero_dims)] = 0.0
         return out
+
+    def _hold_note(self, out: np.ndarray | None) -> str:
+        if out is not None:
+            return "hold"
+        return (f"hold, but nothing sent: no command yet and no measured position of action "
+                f"dims {self._unmeasured()} to hold at")
 
     def _held(self, out: np.ndarray) -> None:
         # Zero mode: the next command ramps up from zero. Hold-position mode: the hold is the
@@ -414,6 +484,7 @@ class SafetyLayer:
         max_delta = self.config.max_delta
         if max_delta is not None:
             ref = self._last_sent if self._last_sent is not None else self._hold_locked()
+            assert ref is not None  # else _hold_reason holds ("no_position")
             step = out - ref
             capped = ref + np.clip(step, -max_delta, max_delta)
             changed = np.flatnonzero(np.abs(step) > max_delta)
