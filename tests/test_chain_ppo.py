@@ -25,12 +25,23 @@ SMALL = {"num_envs": 8, "decisions_per_iteration": 4, "minibatch_size": 16, "epo
          "eval_every": 0, "video": False, "float64": True}
 
 
+def flat_obs(rollout):
+    """The rollout's observation histories as one batch [T*N, To, ...]."""
+    return {k: v.flatten(0, 1) for k, v in rollout.obs.items()}
+
+
+def first_obs(rollout):
+    return {k: v[0] for k, v in rollout.obs.items()}
+
+
 def make_algo(kind, sampler, k, tmp_path, algorithm="reinflow", **kw):
     # The std floor keeps every diffusion step stochastic (the last DDIM/DDPM step's own std
     # is 0, and with K = 1 it is the only step): the ratio check then compares real densities.
     sampler_kwargs = {"ddim": {"eta": 1.0, "std_min": 0.01}, "ddpm": {"std_min": 0.01}}.get(
         sampler, {})
-    settings = {"sampler": sampler, "sampler_kwargs": sampler_kwargs, **SMALL, **kw}
+    chain = algorithm not in ("resip", "gaussian_ppo")  # these configs have no sampler
+    settings = {**({"sampler": sampler, "sampler_kwargs": sampler_kwargs} if chain else {}),
+                **SMALL, **kw}
     return make_finetune(algorithm, base_policy(kind, k), "reach", settings, tmp_path)
 
 
@@ -40,7 +51,7 @@ def test_ratio_is_one_on_first_minibatch(kind, sampler, k, tmp_path):
     algo = make_algo(kind, sampler, k, tmp_path)
     rollout, _ = algo.collect()
     states = rollout.states.flatten(0, 1)
-    obs = rollout.obs.flatten(0, 1)
+    obs = flat_obs(rollout)
     sde = None if rollout.sde_step is None else rollout.sde_step.flatten(0, 1)
     from embodied.policies.samplers import Chain
 
@@ -101,7 +112,7 @@ def _first_log_ratio(algo):
     rollout, _ = algo.collect()
     sde = None if rollout.sde_step is None else rollout.sde_step.flatten(0, 1)
     chain = Chain(rollout.states.flatten(0, 1), rollout.log_probs.flatten(0, 1), sde)
-    new = algo.policy.log_prob(rollout.obs.flatten(0, 1), chain, algo.first_trained)
+    new = algo.policy.log_prob(flat_obs(rollout), chain, algo.first_trained)
     return rollout, new - chain.log_probs[:, algo.first_trained:]
 
 
@@ -132,15 +143,23 @@ def test_gaussian_ppo_ratio_and_learning_signal(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, algo.policy.parameters(), strict=True))
 
 
-def test_dppo_trains_only_the_last_steps(tmp_path):
-    """K = 4, K' = 2: the frozen prefix never changes, and the first two transitions of a
-    seeded chain are identical before and after an update; the last two move."""
-    algo = make_algo("diffusion", "ddim", 4, tmp_path, "dppo", finetune_steps=2, epochs=2,
-                     actor_lr=1e-3, sampler_kwargs={"eta": 1.0, "std_min": 0.1,
-                                                    "log_prob_std_min": 0.1})
+DPPO_SAMPLERS = [("diffusion", "ddim", {"eta": 1.0, "std_min": 0.1, "log_prob_std_min": 0.1}),
+                 ("diffusion", "ddpm", {"std_min": 0.1}), ("flow", "sde", {}),
+                 ("flow", "learned_noise", {})]
+
+
+@pytest.mark.parametrize(("kind", "sampler", "sampler_kwargs"), DPPO_SAMPLERS)
+def test_dppo_trains_only_the_last_steps(kind, sampler, sampler_kwargs, tmp_path):
+    """K = 4, K' = 2, every sampler: the frozen prefix (noise included) never changes, and
+    the first two transitions of a seeded chain are identical before and after an update;
+    the last two move."""
+    algo = make_algo(kind, sampler, 4, tmp_path, "dppo", finetune_steps=2, epochs=2,
+                     actor_lr=1e-3, sampler_kwargs=sampler_kwargs)
     policy = algo.policy
     frozen = {k: v.clone() for k, v in policy.state_dict().items() if k.startswith("frozen.")}
     assert frozen and all(not p.requires_grad for p in policy.frozen.parameters())
+    if sampler == "learned_noise":
+        assert any(k.startswith("frozen.noise_head.") for k in frozen)
     obs = torch.randn(16, 8, dtype=torch.float64)
 
     def chain():
@@ -149,6 +168,11 @@ def test_dppo_trains_only_the_last_steps(tmp_path):
     before = chain()
     rollout, _ = algo.collect()
     algo.update(rollout)
+    if sampler == "learned_noise":  # the trainable noise head moved; the frozen one did not
+        assert not torch.equal(policy.noise_head.state_dict()["net.0.weight"]
+                               if "net.0.weight" in policy.noise_head.state_dict()
+                               else next(iter(policy.noise_head.parameters())),
+                               frozen[next(k for k in frozen if "noise_head" in k)])
     after = chain()
     for k, v in policy.state_dict().items():
         if k.startswith("frozen."):
@@ -249,13 +273,13 @@ def test_lr_schedules_decay_to_the_final_fraction():
 def test_grpo_groups_share_initial_states_and_whole_episodes(tmp_path):
     algo = make_algo("flow", "learned_noise", 2, tmp_path, advantage="grpo", group_size=4)
     rollout, stats = algo.collect()
-    first = rollout.obs[0]  # the first observation of each env's episode
+    first = rollout.obs["state"][0]  # the first history of each env's episode
     assert torch.equal(first[0], first[3]) and torch.equal(first[4], first[7])
     assert not torch.equal(first[0], first[4])
     assert stats["episodes"] == 8  # one whole episode per env
     valid = rollout.valid.long()
     assert valid[0].all() and (valid.diff(dim=0) <= 0).all()  # valid until the episode ends
-    adv, _ = algo.advantages(rollout)
+    adv, _ = algo.ppo.advantages(rollout)
     per_env = adv[0]
     for g in range(2):
         assert per_env[4 * g:4 * g + 4].sum().abs() < 1e-6  # zero mean within each group
@@ -273,9 +297,9 @@ def test_bc_regulariser_runs_in_float64_and_through_frozen_steps(algorithm, tmp_
     from embodied.policies.samplers import Chain
 
     chain = Chain(rollout.states[0], rollout.log_probs[0])
-    assert algo._bc_loss(rollout.obs[0], chain).item() == pytest.approx(0.0, abs=1e-12)
+    assert algo._bc_loss(first_obs(rollout), chain).item() == pytest.approx(0.0, abs=1e-12)
     algo.update(rollout)
-    assert algo._bc_loss(rollout.obs[0], chain).item() > 0  # moved away from the base
+    assert algo._bc_loss(first_obs(rollout), chain).item() > 0  # moved away from the base
 
 
 def test_finetune_steps_outside_dppo_is_an_error_not_ignored(tmp_path):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from embodied.algos.chain_ppo import ChainPPOConfig
-from embodied.algos.reinflow import chain_policy
+from embodied.algos.reinflow import bc_reference, chain_policy
 from embodied.core.errors import ConfigError
 from embodied.policies.policy import ChunkPolicy
 
@@ -41,4 +41,5 @@ def build(base: ChunkPolicy | None, cfg: ChainPPOConfig, obs_dim: int, action_di
     k_ft = k if cfg.finetune_steps is None else cfg.finetune_steps
     if not 1 <= k_ft <= k:
         raise ConfigError(f"finetune_steps (K'={k_ft}) must be in [1, K={k}] denoising steps")
-    return chain_policy(base, cfg, frozen_steps=k - k_ft), base
+    policy = chain_policy(base, cfg, frozen_steps=k - k_ft)
+    return policy, bc_reference(base, policy)

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from embodied.algos.chain_ppo import ChainPPOConfig
+from embodied.algos.ppo import PPOConfig
 from embodied.policies.config import PolicyConfig
 from embodied.policies.policy import ChunkPolicy
 
 
 @dataclass
-class GaussianPPOConfig(ChainPPOConfig):
-    sampler: str = "gaussian"
+class GaussianPPOConfig(PPOConfig):
     num_envs: int = 64
     decisions_per_iteration: int = 64
     clip: float = 0.2
@@ -23,7 +22,7 @@ class GaussianPPOConfig(ChainPPOConfig):
     eval_every: int = 20
 
 
-def build(base: ChunkPolicy | None, cfg: ChainPPOConfig, obs_dim: int, action_dim: int):
+def build(base: ChunkPolicy | None, cfg: PPOConfig, obs_dim: int, action_dim: int):
     """A fresh policy (identity normalisers: the env's own observation scale); `base` is
     ignored."""
     config = PolicyConfig(kind="gaussian", obs_dim=obs_dim, action_dim=action_dim,

@@ -30,7 +30,16 @@ class ReinFlowConfig(ChainPPOConfig):
 def build(base: ChunkPolicy | None, cfg: ChainPPOConfig, obs_dim: int, action_dim: int):
     """(trainable policy, BC reference): the base with a stochastic sampler and, for
     learned noise, a fresh noise head."""
-    return chain_policy(base, cfg), base
+    policy = chain_policy(base, cfg)
+    return policy, bc_reference(base, policy)
+
+
+def bc_reference(base: ChunkPolicy, policy: ChunkPolicy) -> ChunkPolicy:
+    """The frozen base for the BC regulariser, run with the fine-tuned policy's own sampler
+    and K (so "the same x0" feeds chains of the same length and time grid)."""
+    c = policy.config
+    return base.with_overrides(sampler=c.sampler, sampler_kwargs=c.sampler_kwargs,
+                               num_steps=c.num_steps, noise_head=c.noise_head, frozen_steps=0)
 
 
 def chain_policy(base: ChunkPolicy | None, cfg: ChainPPOConfig,

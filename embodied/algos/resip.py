@@ -11,15 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from embodied.algos.chain_ppo import ChainPPOConfig
+from embodied.algos.ppo import PPOConfig
 from embodied.core.errors import ConfigError
 from embodied.policies.policy import ChunkPolicy
 from embodied.policies.residual import ResidualPolicy
 
 
 @dataclass
-class ResiPConfig(ChainPPOConfig):
-    sampler: str = "residual"
+class ResiPConfig(PPOConfig):
     decisions_per_iteration: int = 64
     gamma: float = 0.999
     clip: float = 0.2

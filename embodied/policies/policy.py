@@ -76,9 +76,11 @@ class ChunkPolicy(nn.Module):
         if c.noise_head:
             self.noise_head = NoiseHead(c.horizon, c.action_dim, cond_dim)
         self.frozen: nn.ModuleDict | None = None
-        if c.frozen_steps:
-            self.frozen = nn.ModuleDict({"encoder": copy.deepcopy(self.encoder),
-                                         "denoiser": copy.deepcopy(self.denoiser)})
+        if c.frozen_steps:  # DPPO's prefix: encoder, denoiser and noise head, all frozen
+            frozen = {"encoder": self.encoder, "denoiser": self.denoiser}
+            if self.noise_head is not None:
+                frozen["noise_head"] = self.noise_head
+            self.frozen = nn.ModuleDict({k: copy.deepcopy(v) for k, v in frozen.items()})
             self.frozen.requires_grad_(False)
         self.sampler = self.build_sampler(c.sampler, c.num_steps, **c.sampler_kwargs)
 
@@ -118,10 +120,12 @@ class ChunkPolicy(nn.Module):
                 f"Do={self.config.obs_dim}] (or [B, Do]), got {tuple(state.shape)}")
         return obs
 
-    def _fns(self, cond: torch.Tensor, denoiser: nn.Module | None = None):
+    def _fns(self, cond: torch.Tensor, denoiser: nn.Module | None = None,
+             noise_head: nn.Module | None = None):
         shortcut = self.config.kind == "shortcut"
         step = 1.0 / self.config.num_steps
         denoiser = self.denoiser if denoiser is None else denoiser
+        noise_head = self.noise_head if noise_head is None else noise_head
 
         def denoise_fn(x, t, d=None):
             if shortcut:
@@ -129,9 +133,9 @@ class ChunkPolicy(nn.Module):
             return denoiser(x, t, cond, d if shortcut else None)
 
         noise_fn = None
-        if self.noise_head is not None:
+        if noise_head is not None:
             def noise_fn(x, t):
-                return self.noise_head(x, t, cond)
+                return noise_head(x, t, cond)
         return denoise_fn, noise_fn
 
     @property
@@ -180,13 +184,15 @@ class ChunkPolicy(nn.Module):
             chain = Chain(torch.stack([torch.zeros_like(x), x], 1), lp[:, None])
             return self.to_env_actions(x), chain
         denoise_fn, noise_fn = self._fns(cond)
-        prefix_fn = None
+        prefix_fns = None
         if self.frozen is not None:
-            prefix_fn = self._fns(self.frozen["encoder"](self._normalized_state(obs)),
-                                  self.frozen["denoiser"])[0]
+            frozen = self.frozen
+            prefix_fns = self._fns(frozen["encoder"](self._normalized_state(obs)),
+                                   frozen["denoiser"], frozen["noise_head"]
+                                   if "noise_head" in frozen else None)
         chain = self.sampler.sample(denoise_fn, noise_fn, shape, generator=generator,
                                     deterministic=deterministic, x0=x0, dtype=self.dtype,
-                                    prefix_fn=prefix_fn, prefix_steps=self.config.frozen_steps)
+                                    prefix_fns=prefix_fns, prefix_steps=self.config.frozen_steps)
         return self.to_env_actions(chain.action), chain
 
     def log_prob(self, obs: Obs | torch.Tensor, chain: Chain, first: int = 0) -> torch.Tensor:
@@ -314,9 +320,10 @@ class ChunkPolicy(nn.Module):
         if config.noise_head and not fields.get("noise_head"):
             missing = [k for k in missing if not k.startswith("noise_head.")]  # fresh head
         if config.frozen_steps and not fields.get("frozen_steps"):
-            # DPPO from a plain checkpoint: the frozen prefix starts as the base's weights.
+            # DPPO from a plain checkpoint: the frozen prefix starts as the base's weights
+            # (and as the fresh noise head, whose frozen copy then never trains).
             policy.frozen.load_state_dict({
-                f"{part}.{k}": v for part in ("encoder", "denoiser")
+                f"{part}.{k}": v for part in policy.frozen.keys()
                 for k, v in getattr(policy, part).state_dict().items()})
             missing = [k for k in missing if not k.startswith("frozen.")]
         if missing or unexpected:

@@ -161,14 +161,15 @@ class _ChainSampler:
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-        prefix_fn: DenoiseFn | None = None,
+        prefix_fns: tuple[DenoiseFn, NoiseFn | None] | None = None,
         prefix_steps: int = 0,
     ) -> Chain:
         """Run the chain from x_0 ~ N(0, I) (or the given `x0`) to the action.
 
         Random draws, in order, all from `generator`: x_0, the hybrid SDE step, then one
         standard normal per step. deterministic=True: noise-free means and zero log-probs.
-        prefix_fn: the denoiser of the first `prefix_steps` steps (DPPO: the frozen base).
+        prefix_fns: (denoiser, noise net) of the first `prefix_steps` steps (DPPO: the
+        frozen base, noise included, so nothing of those steps trains).
         """
         if x0 is None:
             if shape is None:
@@ -184,8 +185,9 @@ class _ChainSampler:
         states, log_probs = [x], []
         for k in range(self.num_steps):
             mask = None if sde_step is None else sde_step == k
-            fn = prefix_fn if prefix_fn is not None and k < prefix_steps else denoise_fn
-            mean, std = self.transition(fn, noise_fn, x, k, mask, deterministic=deterministic)
+            fn, nfn = (prefix_fns if prefix_fns is not None and k < prefix_steps
+                       else (denoise_fn, noise_fn))
+            mean, std = self.transition(fn, nfn, x, k, mask, deterministic=deterministic)
             if deterministic:
                 x, lp = mean, x.new_zeros(b)
             else:

@@ -1,0 +1,14 @@
+"""Rollouts: the collector (one engine for every loop) and the evaluation protocol."""
+
+from embodied.rollout.collector import (
+    ChunkQueue,
+    Collector,
+    Decision,
+    EpisodeStats,
+    ObsHistory,
+    Step,
+)
+from embodied.rollout.evaluation import check_policy_fits, evaluate
+
+__all__ = ["ChunkQueue", "Collector", "Decision", "EpisodeStats", "ObsHistory", "Step",
+           "check_policy_fits", "evaluate"]
