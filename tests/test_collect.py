@@ -7,11 +7,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from embodied.data.collect import collect
+from embodied.data.collect import collect, dataset_features
 from embodied.data.dataset import EpisodeDataset
 from embodied.envs import make_env
 
@@ -42,6 +43,18 @@ def test_collected_dataset_replays_exactly(tmp_path):
             assert ep["next.success"][t] == bool(info["success"][0])
         assert ep["next.done"][-1] and not ep["next.done"][:-1].any()
     assert data.fps == 25 and data.features["observation.state"].shape == (env.obs_dim,)
+    # reach has no obs_layout: the writer's per-dim names, as LeRobot's info.json has them
+    assert data.features["observation.state"].names == [f"state_{i}" for i in range(env.obs_dim)]
+    assert data.features["action"].names == [f"action_{i}" for i in range(env.action_dim)]
+
+
+def test_state_names_follow_the_task_obs_layout():
+    task = SimpleNamespace(obs_layout={"ee_pos": slice(0, 3), "gripper": slice(3, 4)})
+    env = SimpleNamespace(obs_dim=5, action_dim=2, cameras=("front",), image_size=8, task=task)
+    features = dataset_features(env)
+    assert features["observation.state"].names == ["ee_pos_0", "ee_pos_1", "ee_pos_2",
+                                                   "gripper", "state_4"]  # a dim left out
+    assert features["observation.images.front"].shape == (8, 8, 3)
 
 
 def test_cli_collect_writes_dataset_video_and_run_dir(tmp_path):

@@ -16,9 +16,13 @@ from embodied.envs.video import write_video
 
 
 def dataset_features(env: Any) -> dict[str, Feature]:
-    """The frame layout of datasets written from `env`: LeRobot names, our dims."""
+    """The frame layout of datasets written from `env`: LeRobot names, our dims.
+
+    State dims are named after the task's `obs_layout` where it has one (ee_pos_0, ...,
+    gripper); other vectors get the writer's defaults (state_0, ..., action_0, ...).
+    """
     features = {
-        "observation.state": Feature("float32", (env.obs_dim,)),
+        "observation.state": Feature("float32", (env.obs_dim,), _state_names(env)),
         "action": Feature("float32", (env.action_dim,)),
         "next.reward": Feature("float32", ()),
         "next.done": Feature("bool", ()),
@@ -120,6 +124,18 @@ def collect(task: str, episodes: int, out: str | Path, *, num_envs: int = 16,
     return {"task": task, "episodes": kept, "episodes_seen": seen,
             "success_rate": successes / max(seen, 1), "frames": total_frames,
             "dataset": str(out), "videos": videos, "seconds": round(time.time() - start, 1)}
+
+
+def _state_names(env: Any) -> list[str] | None:
+    layout = getattr(getattr(env, "task", None), "obs_layout", None)
+    if not layout:
+        return None
+    names = [f"state_{i}" for i in range(env.obs_dim)]  # dims the layout leaves out
+    for key, part in layout.items():
+        dims = range(env.obs_dim)[part]
+        for j, i in enumerate(dims):
+            names[i] = key if len(dims) == 1 else f"{key}_{j}"
+    return names
 
 
 def _task_text(env: Any) -> str:

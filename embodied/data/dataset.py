@@ -1,10 +1,29 @@
 """Robot episode datasets in the LeRobot v3.0 layout, read and written with pyarrow.
 
-Durability: each finished episode ``e`` is written atomically to its own data file (file number
-``e``: chunk ``e // chunks_size``, file ``e % chunks_size``), then the metadata is rewritten
-atomically, ``meta/info.json`` last. info.json is the commit point: readers trust only the
-episodes/tasks it counts, so a kill loses at most the episode in progress; data files of
-uncommitted episodes are ignored, and overwritten on resume. One writer per root (a lock file).
+Layout, as LeRobot v3 writes it (paths and info.json keys from its ``datasets/utils.py``):
+- ``data/chunk-XXX/file-YYY.parquet``: several episodes per file, one row group per episode;
+  a new file once the current one would pass ``data_files_size_in_mb`` (LeRobot's rule: its
+  size plus its mean bytes per frame times the new episode's frames), ``chunks_size`` files
+  per chunk folder.
+- ``meta/episodes/chunk-XXX/file-YYY.parquet``: one row per episode (its data file, its frame
+  range ``[dataset_from_index, dataset_to_index)``, ``stats/<feature>/<stat>``), a new file
+  every EPISODES_PER_META_FILE rows (LeRobot's reader concatenates them all, in path order).
+- ``meta/tasks.parquet``: a pandas frame whose index (named ``task``) is the task string and
+  whose ``task_index`` column is its number: LeRobot reads ``tasks.iloc[task_index].name``.
+- ``meta/stats.json`` and ``meta/info.json``; feature ``names`` per vector dim, and
+  ``["height", "width", "channels"]`` for images (LeRobot reads the image layout from them).
+
+Durability: a parquet file cannot be appended in place, and rewriting a growing data file per
+episode would cost up to its cap (100 MB) each time. So each finished episode is written
+atomically on its own to ``.journal/episode-NNNNNN.parquet``, then the current episodes file
+(at most EPISODES_PER_META_FILE rows, so bounded), stats.json (merged, not recomputed) and
+info.json last. info.json is the commit point: readers trust only the episodes it counts and
+read an episode from the journal while its data file is not assembled yet. A data file is
+assembled from the journal, atomically, when it is full or the writer closes; then its
+journal files go. A kill loses at most the episode in progress; reopening the writer (resume)
+assembles the open file and deletes what was never committed, which leaves LeRobot's layout
+(LeRobot's reader, which knows no journal, needs that after a kill, and after close() while
+collecting). One writer per root (a lock file).
 
 Scalars (shape ``()``; ``(1,)`` is normalized to it) are plain columns declared as shape [1] in
 info.json, as LeRobot does, and read back as [T]. Other numeric features are fixed-size list
@@ -12,7 +31,8 @@ columns; images are ``struct{bytes: PNG, path: null}`` columns.
 
 Stats: min/max/mean/std/count of every feature, bookkeeping included, exact over all frames
 (per-episode moments merged in float64, Chan et al.; population std as ``np.std``). Images get
-per-channel stats of pixel/255 with shape [3, 1, 1], as LeRobot does.
+per-channel stats of pixel/255 with shape [3, 1, 1], as LeRobot does. LeRobot's quantiles
+(q01 ... q99) are not written: they cannot be merged exactly per episode.
 """
 
 from __future__ import annotations
@@ -21,14 +41,16 @@ import fcntl
 import io
 import json
 import math
+import re
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -36,18 +58,19 @@ from embodied.core.errors import DatasetError
 from embodied.core.io import atomic_write, atomic_write_json
 
 CODEBASE_VERSION = "v3.0"
-CHUNKS_SIZE = 1000
+CHUNKS_SIZE = 1000  # LeRobot's DEFAULT_CHUNK_SIZE: files per chunk folder
+DATA_FILES_SIZE_IN_MB = 100  # LeRobot's DEFAULT_DATA_FILE_SIZE_IN_MB
+VIDEO_FILES_SIZE_IN_MB = 200  # LeRobot's default; no videos are written here
+EPISODES_PER_META_FILE = 100  # bounds the rewrite of the current episodes file per episode
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
-EPISODES_PATH = "meta/episodes/chunk-000/file-000.parquet"
+EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+TASKS_PATH = "meta/tasks.parquet"
+JOURNAL_PATH = ".journal/episode-{episode_index:06d}.parquet"
+STATS = ("min", "max", "mean", "std", "count")
 DTYPES: dict[str, type] = {"float32": np.float32, "int64": np.int64, "bool": np.bool_,
                            "image": np.uint8}
-_EPISODES_SCHEMA = pa.schema(
-    [("episode_index", pa.int64()), ("tasks", pa.list_(pa.string())), ("length", pa.int64())]
-    + [(name, pa.int64()) for name in ("data/chunk_index", "data/file_index",
-                                       "dataset_from_index", "dataset_to_index",
-                                       "meta/episodes/chunk_index", "meta/episodes/file_index")]
-)
+IMAGE_NAMES = ["height", "width", "channels"]
+_CHUNK_FILE = re.compile(r"chunk-(\d+)/file-(\d+)\.parquet")
 
 
 @dataclass(frozen=True)
@@ -156,12 +179,51 @@ def _merge(old: dict[str, _Moments], new: dict[str, _Moments]) -> dict[str, _Mom
     return {k: old[k].merge(m) if k in old else m for k, m in new.items()}
 
 
+def _named(key: str, f: Feature) -> Feature:
+    """Fills ``names`` as LeRobot expects them: the image layout, or one name per vector dim."""
+    names = f.names
+    if names is None and f.dtype == "image":
+        names = list(IMAGE_NAMES)
+    elif names is None and len(f.shape) == 1:
+        names = [f"{key.rsplit('.', 1)[-1]}_{i}" for i in range(f.shape[0])]  # state_0, ...
+    want = 3 if f.dtype == "image" else f.shape[0] if len(f.shape) == 1 else None
+    if want is not None and (not isinstance(names, list) or len(names) != want):
+        raise DatasetError(f"feature {key!r} has names {names!r}; give {want} names (one per "
+                           f"{'image axis' if f.dtype == 'image' else 'dim'}), or None for "
+                           "the defaults")
+    return replace(f, names=names)
+
+
+def _next_file(loc: tuple[int, int], chunks_size: int) -> tuple[int, int]:
+    """LeRobot's update_chunk_file_indices: the next file, in the next chunk once one is full."""
+    chunk, file = loc
+    return (chunk + 1, 0) if file >= chunks_size - 1 else (chunk, file + 1)
+
+
+def _files(root: Path, folder: str) -> dict[tuple[int, int], Path]:
+    """The ``chunk-XXX/file-YYY.parquet`` files under ``folder``, in (chunk, file) order."""
+    found = {}
+    for path in (root / folder).glob("chunk-*/file-*.parquet"):
+        m = _CHUNK_FILE.fullmatch(f"{path.parent.name}/{path.name}")
+        if m:
+            found[(int(m[1]), int(m[2]))] = path
+    return dict(sorted(found.items()))
+
+
+def _loc(row: dict[str, Any], prefix: str) -> tuple[int, int]:
+    return row[f"{prefix}/chunk_index"], row[f"{prefix}/file_index"]
+
+
+def _unreadable(what: str, path: Path, e: Exception) -> DatasetError:
+    return DatasetError(f"{what} {path} is missing or unreadable ({e}); restore it from a "
+                        "backup, or re-collect into a new root")
+
+
 def _read_table(path: Path, what: str, columns: list[str] | None = None) -> pa.Table:
     try:
         return pq.read_table(path, columns=columns)
     except (OSError, pa.ArrowException) as e:  # missing files included
-        raise DatasetError(f"{what} {path} is missing or unreadable ({e}); restore it from a "
-                           "backup, or re-collect into a new root") from e
+        raise _unreadable(what, path, e) from e
 
 
 def _read_info(root: Path) -> dict[str, Any]:
@@ -191,10 +253,12 @@ def _feature_from_json(name: str, d: Any) -> Feature:
         raise DatasetError(f"info.json feature {name!r} is invalid or unsupported: {e}") from e
 
 
+
 class EpisodeDataset:
     """Reads a dataset; ``meta/info.json`` + ``meta/episodes`` are the source of truth.
 
-    ``features`` includes the bookkeeping columns (timestamp, frame_index, ...).
+    ``features`` includes the bookkeeping columns (timestamp, frame_index, ...). The data file
+    read last is cached, so reading episodes in order reads each file once.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -209,62 +273,111 @@ class EpisodeDataset:
         # Metadata files are written before info.json, so they may run ahead: cut to its counts.
         self.tasks = self._read_tasks(int(self.info["total_tasks"]))
         self._episodes = self._read_episodes()
+        self._file_start = self._file_starts()
+        self._cache: tuple[Path, pa.Table] | None = None
         self._check_data_files()
         self._moments = self._load_stats()
 
     def _read_tasks(self, n: int) -> list[str]:
-        d = _read_table(self.root / "meta" / "tasks.parquet", "tasks file").to_pydict()
-        tasks = dict(zip(d.get("task_index", []), d.get("task", []), strict=True))
+        if n == 0:  # as LeRobot, which writes tasks.parquet with the first task
+            return []
+        # LeRobot's task string is the pandas index; pandas stores it as a column named "task"
+        # (or "__index_level_0__" where the index has no name; LeRobot's load_tasks names it).
+        d = _read_table(self.root / TASKS_PATH, "tasks file").to_pydict()
+        names = d.get("task", d.get("__index_level_0__", []))
+        tasks = dict(zip(d.get("task_index", []), names, strict=False))  # checked below
         if any(i not in tasks for i in range(n)):
-            raise DatasetError(f"{self.root}/meta/tasks.parquet lacks some of the {n} tasks "
-                               "info.json counts; restore it from a backup")
+            raise DatasetError(f"{self.root / TASKS_PATH} lacks some of the {n} tasks info.json "
+                               "counts (it needs a task index and a task_index column); "
+                               "restore it from a backup")
         return [tasks[i] for i in range(n)]
 
     def _read_episodes(self) -> list[dict[str, Any]]:
-        path = self.root / EPISODES_PATH
-        rows = _read_table(path, "episodes file").to_pylist()
-        need = [f.name for f in _EPISODES_SCHEMA if not f.name.startswith("meta/")]
-        rows = sorted((r for r in rows if r.get("episode_index", -1) < self.num_episodes),
-                      key=lambda r: r.get("episode_index", -1))
+        rows = []
+        self._meta_files = list(_files(self.root, "meta/episodes").values())
+        for path in self._meta_files:
+            try:  # per-episode stats are read only to rebuild stats.json (_load_stats)
+                names = [c for c in pq.read_schema(path).names if not c.startswith("stats/")]
+                table = pq.read_table(path, columns=names)
+            except (OSError, pa.ArrowException) as e:
+                raise _unreadable("episodes file", path, e) from e
+            # Rows past info.json's count belong to an episode a kill left uncommitted.
+            rows += [r for r in table.to_pylist() if r.get("episode_index", -1) < self.num_episodes]
+        rows.sort(key=lambda r: r.get("episode_index", -1))
+        need = ["episode_index", "tasks", "length", "data/chunk_index", "data/file_index",
+                "dataset_from_index", "dataset_to_index", "meta/episodes/chunk_index",
+                "meta/episodes/file_index"]
+        where = self.root / "meta/episodes"
         start = 0
         for i, r in enumerate(rows):
             if any(k not in r for k in need) or r["episode_index"] != i:
-                raise DatasetError(f"{path} row {i} is malformed (needs {need}, episode_index {i})")
+                raise DatasetError(f"{where}: row of episode {i} is malformed or duplicated "
+                                   f"(needs {need}, one row per episode)")
             if r["dataset_from_index"] != start or r["dataset_to_index"] - start != r["length"]:
-                raise DatasetError(f"{path}: episode {i} frame range [{r['dataset_from_index']}, "
+                raise DatasetError(f"{where}: episode {i} frame range [{r['dataset_from_index']}, "
                                    f"{r['dataset_to_index']}) does not follow [{start}, ...) "
                                    f"with length {r['length']}")
             start += r["length"]
         if len(rows) != self.num_episodes or start != self.num_frames:
-            raise DatasetError(f"{path} holds {len(rows)} episodes / {start} frames, but "
+            raise DatasetError(f"{where} holds {len(rows)} episodes / {start} frames, but "
                                f"info.json counts {self.num_episodes} / {self.num_frames}")
         return rows
 
-    def _data_path(self, ep: dict[str, Any]) -> Path:
-        return self.root / self.info["data_path"].format(
-            chunk_index=ep["data/chunk_index"], file_index=ep["data/file_index"])
+    def _file_starts(self) -> dict[tuple[int, int], int]:
+        """First frame index of each data file: a file holds consecutive episodes, as LeRobot's."""
+        starts: dict[tuple[int, int], int] = {}
+        last = None
+        for r in self._episodes:
+            loc = _loc(r, "data")
+            if loc != last and loc in starts:
+                raise DatasetError(f"meta/episodes puts episode {r['episode_index']} in data file "
+                                   f"{loc} after other files; a data file holds consecutive "
+                                   "episodes: re-collect into a new root")
+            starts.setdefault(loc, r["dataset_from_index"])
+            last = loc
+        return starts
+
+    def _data_path(self, loc: tuple[int, int]) -> Path:
+        return self.root / self.info["data_path"].format(chunk_index=loc[0], file_index=loc[1])
+
+    def _source(self, i: int) -> tuple[Path, int]:
+        """The file holding episode ``i`` and its first row there: its data file or, while the
+        writer has not assembled that file yet, its journal file (module docstring)."""
+        ep = self._episodes[i]
+        path = self._data_path(_loc(ep, "data"))
+        journal = self.root / JOURNAL_PATH.format(episode_index=i)
+        if not path.exists() and journal.exists():
+            return journal, 0
+        return path, ep["dataset_from_index"] - self._file_start[_loc(ep, "data")]
 
     def _check_data_files(self) -> None:
-        """Footers only (cheap): every file the metadata names exists and matches info.json."""
-        for ep in self._episodes:
-            path = self._data_path(ep)
-            try:
-                meta = pq.read_metadata(path)
-                schema = meta.schema.to_arrow_schema()
-            except (OSError, pa.ArrowException) as e:
-                raise DatasetError(f"data file {path}, named by meta/episodes, is missing or "
-                                   f"unreadable ({e}); restore it, or re-collect into a new "
-                                   "root") from e
-            for name, f in self.features.items():
-                got = schema.field(name).type if name in schema.names else None
-                if got != _arrow_type(f):
-                    raise DatasetError(f"column {name!r} in {path} is {got or 'missing'}, but "
-                                       f"info.json declares {f.dtype} {list(f.shape)} "
-                                       f"(arrow {_arrow_type(f)})")
-            if meta.num_rows != ep["length"]:  # this writer puts one episode per file
-                raise DatasetError(f"data file {path} has {meta.num_rows} rows, but "
-                                   f"meta/episodes says episode {ep['episode_index']} has "
-                                   f"{ep['length']}; re-collect into a new root")
+        """Footers only (cheap): every file the metadata names exists, matches info.json and
+        holds the rows meta/episodes puts there (rows past them were never committed)."""
+        rows: dict[Path, int] = {}
+        for i, ep in enumerate(self._episodes):
+            path, first = self._source(i)
+            if path not in rows:
+                rows[path] = self._check_footer(path)
+            if rows[path] < first + ep["length"]:
+                raise DatasetError(f"data file {path} has {rows[path]} rows, but meta/episodes "
+                                   f"puts episode {i} at rows [{first}, {first + ep['length']}); "
+                                   "re-collect into a new root")
+
+    def _check_footer(self, path: Path) -> int:
+        try:
+            meta = pq.read_metadata(path)
+            schema = meta.schema.to_arrow_schema()
+        except (OSError, pa.ArrowException) as e:
+            raise DatasetError(f"data file {path}, named by meta/episodes, is missing or "
+                               f"unreadable ({e}); restore it, or re-collect into a new "
+                               "root") from e
+        for name, f in self.features.items():
+            got = schema.field(name).type if name in schema.names else None
+            if got != _arrow_type(f):
+                raise DatasetError(f"column {name!r} in {path} is {got or 'missing'}, but "
+                                   f"info.json declares {f.dtype} {list(f.shape)} "
+                                   f"(arrow {_arrow_type(f)})")
+        return meta.num_rows
 
     def _load_stats(self) -> dict[str, _Moments]:
         if self.num_frames == 0:
@@ -277,16 +390,40 @@ class EpisodeDataset:
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             pass
         # stats.json is derived and written before info.json: after a kill it may count one
-        # episode more than info.json, so rebuild it from the committed data.
-        moments = {}
+        # episode more than info.json, so rebuild it from the committed episodes' stats.
+        moments = self._stats_of_episodes()
+        if moments is not None:
+            return moments
+        moments = {}  # no usable per-episode stats (an older writer): from the data
         for i in range(self.num_episodes):
             ep = self.episode(i)
             moments = _merge(moments, {k: _Moments.of(f, ep[k]) for k, f in self.features.items()})
         return moments
 
+    def _stats_of_episodes(self) -> dict[str, _Moments] | None:
+        """Merges the ``stats/<feature>/<stat>`` columns of meta/episodes; None if any lacks."""
+        columns = ["episode_index", *(f"stats/{k}/{s}" for k in self.features for s in STATS)]
+        moments: dict[str, _Moments] = {}
+        try:
+            for path in self._meta_files:
+                for r in pq.read_table(path, columns=columns).to_pylist():
+                    if r["episode_index"] < self.num_episodes:
+                        moments = _merge(moments, {k: _Moments.from_json(
+                            {s: r[f"stats/{k}/{s}"] for s in STATS}) for k in self.features})
+        except (OSError, pa.ArrowException, TypeError, ValueError, IndexError):
+            return None
+        exact = all(m.count == self.num_frames for m in moments.values())
+        return moments if moments and exact else None
+
     @property
     def stats(self) -> dict[str, dict[str, np.ndarray]]:
         return {k: m.arrays() for k, m in self._moments.items()}
+
+    def _table(self, path: Path, columns: list[str]) -> pa.Table:
+        cached = self._cache
+        if cached is None or cached[0] != path or not set(columns) <= set(cached[1].column_names):
+            self._cache = cached = (path, _read_table(path, "data file", columns))
+        return cached[1]
 
     def episode(self, i: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:
         """Columns of episode ``i`` as arrays [T, *shape]; images decoded to uint8 [T,H,W,3]."""
@@ -296,10 +433,15 @@ class EpisodeDataset:
         unknown = [k for k in keys if k not in self.features]
         if unknown:
             raise DatasetError(f"unknown keys {unknown}; the dataset has {list(self.features)}")
-        path = self._data_path(self._episodes[i])
-        table = _read_table(path, "data file", keys)
+        path, first = self._source(i)
+        n = self._episodes[i]["length"]
+        rows = self._table(path, list(dict.fromkeys([*keys, "episode_index"]))).slice(first, n)
+        owner = rows["episode_index"].to_numpy()
+        if len(owner) != n or (owner != i).any():
+            raise DatasetError(f"rows [{first}, {first + n}) of {path} are not episode {i}, as "
+                               "meta/episodes says; re-collect into a new root")
         try:
-            return {k: _decode(k, self.features[k], table[k]) for k in keys}
+            return {k: _decode(k, self.features[k], rows[k]) for k in keys}
         except (OSError, ValueError, TypeError) as e:  # e.g. a corrupt PNG
             raise DatasetError(f"data file {path} could not be decoded ({e}); restore it, or "
                                "re-collect into a new root") from e
@@ -375,10 +517,16 @@ def _check_task(task: Any) -> str:
 
 
 class DatasetWriter:
-    """Creates a dataset at ``root``, or appends to the one there (resume)."""
+    """Creates a dataset at ``root``, or appends to the one there (resume).
+
+    ``data_files_size_in_mb`` and ``chunks_size`` (LeRobot's info.json settings) default to
+    the dataset's own on resume, else to LeRobot's defaults. ``close()`` (or leaving the
+    ``with`` block) assembles the last data file: until then it is in the journal.
+    """
 
     def __init__(self, root: str | Path, features: dict[str, Feature], fps: int,
-                 robot_type: str = "sim") -> None:
+                 robot_type: str = "sim", *, data_files_size_in_mb: float | None = None,
+                 chunks_size: int | None = None) -> None:
         if not features:
             raise DatasetError("features is empty; pass e.g. {'action': Feature('float32', (6,))}")
         for k, f in features.items():
@@ -389,24 +537,40 @@ class DatasetWriter:
                                    "rename your feature")
         if int(fps) <= 0:
             raise DatasetError(f"fps must be positive, got {fps}")
-        self.root, self.features, self.fps = Path(root), dict(features), int(fps)
-        self.robot_type = robot_type
+        if data_files_size_in_mb is not None and not data_files_size_in_mb > 0:
+            raise DatasetError(f"data_files_size_in_mb must be positive, got "
+                               f"{data_files_size_in_mb}")
+        if chunks_size is not None and int(chunks_size) < 1:
+            raise DatasetError(f"chunks_size must be at least 1, got {chunks_size}")
+        self.root, self.fps, self.robot_type = Path(root), int(fps), robot_type
+        self.features = {k: _named(k, f) for k, f in features.items()}
         self._all = {**self.features, **BOOKKEEPING}
+        self._size_mb = data_files_size_in_mb or DATA_FILES_SIZE_IN_MB
+        self._chunks_size = int(chunks_size or CHUNKS_SIZE)
         self._buffer: list[tuple[dict[str, np.ndarray], str]] = []
-        self._rows: list[dict[str, Any]] = []
         self._tasks: list[str] = []
         self._moments: dict[str, _Moments] = {}
-        self._num_frames = 0
+        self._num_episodes = self._num_frames = 0
         self._data_path = DATA_PATH
+        # The data file being filled: its committed episodes are in the journal until
+        # _assemble() writes it. The episodes file being filled: its rows, rewritten whole.
+        self._data_loc, self._file_episodes, self._file_frames, self._file_bytes = (0, 0), [], 0, 0
+        self._meta_loc, self._meta_rows = (0, 0), pa.table({})
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock: IO[str] | None = self._acquire_lock()
         try:
             if (self.root / "meta" / "info.json").exists():
-                self._resume()
-            else:  # a valid empty dataset from the start: readers and resumes see the features
-                self._write_meta(self._rows, self._tasks, self._moments, 0)
+                self._resume(data_files_size_in_mb, chunks_size)
+            elif _files(self.root, "data") or _files(self.root, "meta/episodes"):
+                raise DatasetError(f"{self.root} holds data or episode files but no "
+                                   "meta/info.json; restore info.json to append to that "
+                                   "dataset, or write to an empty root")
+            # A valid dataset from the start (readers and resumes see the features); on resume
+            # this also replaces a stats.json that a kill left ahead of info.json.
+            self._write_stats_and_info(self._tasks, self._moments, self._num_episodes,
+                                       self._num_frames)
         except BaseException:
-            self.close()
+            self._release()  # nothing to assemble: _repair assembles before it returns
             raise
 
     def _acquire_lock(self) -> IO[str]:
@@ -419,29 +583,72 @@ class DatasetWriter:
                                "or write to a new root") from e
         return lock
 
-    def _resume(self) -> None:
+    def _resume(self, size_mb: float | None, chunks_size: int | None) -> None:
         ds = EpisodeDataset(self.root)
         old = {k: f for k, f in ds.features.items() if k not in BOOKKEEPING}
         diff = [f"{k!r} is missing from the given features" for k in old if k not in self.features]
         diff += [f"{k!r} is not in the dataset" for k in self.features if k not in old]
         diff += [f"{k!r} is {old[k]} in the dataset but {f} given"
-                 for k, f in self.features.items() if k in old and old[k] != f]
+                 for k, f in self.features.items()
+                 if k in old and (old[k].dtype, old[k].shape) != (f.dtype, f.shape)]
         if ds.fps != self.fps:
             diff.append(f"fps is {ds.fps} in the dataset but {self.fps} given")
         if diff:
             raise DatasetError(f"cannot append to {self.root}: {'; '.join(diff)}. Write to a new "
                                "root, or pass the same features and fps as the existing dataset")
-        self.robot_type = ds.info.get("robot_type", self.robot_type)  # keep what is on disk
+        # Keep what is on disk; names only fill in where the dataset has none (older writers).
+        self.features = {k: f if old[k].names is None else replace(f, names=old[k].names)
+                         for k, f in self.features.items()}
+        self._all = {**self.features, **BOOKKEEPING}
+        self.robot_type = ds.info.get("robot_type", self.robot_type)
         self._data_path = ds.info["data_path"]
-        self._rows, self._tasks, self._moments = ds._episodes, ds.tasks, ds._moments
-        self._num_frames = ds.num_frames
-        # Temp files of writes cut short by a kill (safe to delete: we hold the lock).
-        for tmp in [*self.root.glob("data/*/.*.tmp*"), *self.root.glob("meta/**/.*.tmp*")]:
+        self._size_mb = size_mb or ds.info.get("data_files_size_in_mb", DATA_FILES_SIZE_IN_MB)
+        self._chunks_size = int(chunks_size or ds.info.get("chunks_size", CHUNKS_SIZE))
+        self._tasks, self._moments = ds.tasks, ds._moments
+        self._num_episodes, self._num_frames = ds.num_episodes, ds.num_frames
+        self._repair(ds)
+
+    def _repair(self, ds: EpisodeDataset) -> None:
+        """Finishes what a kill cut short (safe: we hold the lock), leaving LeRobot's layout:
+        the open data file is assembled, and temp files, journal files, and data and episodes
+        files past the last committed ones (never committed) are deleted."""
+        for tmp in [*self.root.glob("data/*/.*.tmp*"), *self.root.glob("meta/**/.*.tmp*"),
+                    *self.root.glob(".journal/.*.tmp*")]:
             tmp.unlink(missing_ok=True)
+        last = ds._episodes[-1] if ds._episodes else None
+        for folder, prefix in (("data", "data"), ("meta/episodes", "meta/episodes")):
+            for loc, path in _files(self.root, folder).items():
+                if last is None or loc > _loc(last, prefix):
+                    path.unlink()
+        if last is not None:
+            self._data_loc = _loc(last, "data")
+            if not ds._data_path(self._data_loc).exists():  # killed before assembling it
+                self._file_episodes = [e["episode_index"] for e in ds._episodes
+                                       if _loc(e, "data") == self._data_loc]
+                self._assemble()
+            self._data_loc = _next_file(self._data_loc, self._chunks_size)  # as LeRobot resumes
+            self._meta_loc = _loc(last, "meta/episodes")
+            path = self.root / EPISODES_PATH.format(chunk_index=self._meta_loc[0],
+                                                    file_index=self._meta_loc[1])
+            rows = _read_table(path, "episodes file")
+            self._meta_rows = rows.filter(pc.less(rows["episode_index"], self._num_episodes))
+            if self._meta_rows.num_rows < rows.num_rows:  # drop an uncommitted episode's row
+                self._write_rows(self._meta_loc, self._meta_rows)
+        for journal in self.root.glob(".journal/episode-*.parquet"):
+            journal.unlink()  # all committed ones are in assembled data files now
+        self._remove_empty_journal()
+        # Tasks of an older writer (plain columns, no pandas index) or of an uncommitted
+        # episode (rows past info.json's count) are written again.
+        path = self.root / TASKS_PATH
+        if not self._tasks:
+            path.unlink(missing_ok=True)
+        elif ((pq.read_schema(path).pandas_metadata or {}).get("index_columns") != ["task"]
+              or pq.read_metadata(path).num_rows != len(self._tasks)):
+            self._write_tasks(self._tasks)
 
     @property
     def num_episodes(self) -> int:
-        return len(self._rows)
+        return self._num_episodes
 
     @property
     def num_frames(self) -> int:
@@ -476,8 +683,9 @@ class DatasetWriter:
         self._buffer.clear()
 
     def _write_episode(self, arrays: dict[str, np.ndarray], tasks: list[str]) -> int:
-        ep, n, start = len(self._rows), len(tasks), self._num_frames
-        all_tasks = self._tasks + [t for t in dict.fromkeys(tasks) if t not in self._tasks]
+        ep, n, start = self._num_episodes, len(tasks), self._num_frames
+        new_tasks = [t for t in dict.fromkeys(tasks) if t not in self._tasks]
+        all_tasks = self._tasks + new_tasks
         task_ids = {t: i for i, t in enumerate(all_tasks)}
         frame_index = np.arange(n, dtype=np.int64)
         cols = {**arrays, "timestamp": (frame_index / self.fps).astype(np.float32),
@@ -485,44 +693,110 @@ class DatasetWriter:
                 "index": start + frame_index,
                 "task_index": np.array([task_ids[t] for t in tasks], np.int64)}
         table = pa.table({k: _encode(f, cols[k]) for k, f in self._all.items()})
-        chunk, file = divmod(ep, CHUNKS_SIZE)
-        path = self.root / self._data_path.format(chunk_index=chunk, file_index=file)
-        atomic_write(path, lambda p: pq.write_table(table, p))  # data first, metadata after
+        # LeRobot's rule: a new data file once size + mean bytes per frame * n reaches the cap.
+        # The full one is assembled first: it holds committed episodes only.
+        if self._file_episodes and (self._file_bytes * (1 + n / self._file_frames)
+                                    >= self._size_mb * 2**20):
+            self._assemble()
+            self._data_loc = _next_file(self._data_loc, self._chunks_size)
+        journal = self.root / JOURNAL_PATH.format(episode_index=ep)
+        atomic_write(journal, lambda p: pq.write_table(table, p))  # data first, metadata after
+        if new_tasks:
+            self._write_tasks(all_tasks)
+        meta_loc, rows = self._meta_loc, self._meta_rows
+        if rows.num_rows >= EPISODES_PER_META_FILE:
+            meta_loc, rows = _next_file(meta_loc, self._chunks_size), pa.table({})
+        ep_moments = {k: _Moments.of(f, cols[k]) for k, f in self._all.items()}
         row = {"episode_index": ep, "tasks": list(dict.fromkeys(tasks)), "length": n,
-               "data/chunk_index": chunk, "data/file_index": file, "dataset_from_index": start,
-               "dataset_to_index": start + n, "meta/episodes/chunk_index": 0,
-               "meta/episodes/file_index": 0}
-        moments = _merge(self._moments, {k: _Moments.of(f, cols[k]) for k, f in self._all.items()})
-        self._write_meta([*self._rows, row], all_tasks, moments, start + n)
+               "data/chunk_index": self._data_loc[0], "data/file_index": self._data_loc[1],
+               "dataset_from_index": start, "dataset_to_index": start + n,
+               **{f"stats/{k}/{s}": v.tolist() for k, m in ep_moments.items()
+                  for s, v in m.arrays().items()},
+               "meta/episodes/chunk_index": meta_loc[0], "meta/episodes/file_index": meta_loc[1]}
+        # Rows of other writers may lack columns (filled with nulls) or use narrower types.
+        rows = pa.concat_tables([rows, pa.Table.from_pylist([row])],
+                                promote_options="permissive").combine_chunks()  # writes faster
+        self._write_rows(meta_loc, rows)
+        moments = _merge(self._moments, ep_moments)
+        self._write_stats_and_info(all_tasks, moments, ep + 1, start + n)
         # In-memory state changes only after the commit, so a failed write leaves it consistent.
-        self._rows, self._tasks, self._moments = [*self._rows, row], all_tasks, moments
-        self._num_frames = start + n
+        self._meta_loc, self._meta_rows = meta_loc, rows
+        self._tasks, self._moments = all_tasks, moments
+        self._num_episodes, self._num_frames = ep + 1, start + n
+        self._file_episodes.append(ep)
+        self._file_frames += n
+        self._file_bytes += journal.stat().st_size
         return ep
 
-    def _write_meta(self, rows: list[dict[str, Any]], tasks: list[str],
-                    moments: dict[str, _Moments], num_frames: int) -> None:
+    def _assemble(self) -> None:
+        """Writes the current data file from its journal files, one row group per episode (as
+        LeRobot writes), then deletes them. Reads them once: O(1) per byte."""
+        if not self._file_episodes:
+            return
+        journals = [self.root / JOURNAL_PATH.format(episode_index=e) for e in self._file_episodes]
+        path = self.root / self._data_path.format(chunk_index=self._data_loc[0],
+                                                  file_index=self._data_loc[1])
+
+        def write(tmp: Path) -> None:
+            tables = (_read_table(j, "journal file") for j in journals)
+            first = next(tables)
+            with pq.ParquetWriter(tmp, first.schema) as writer:
+                for table in (first, *tables):
+                    writer.write_table(table)
+
+        atomic_write(path, write)
+        for journal in journals:
+            journal.unlink(missing_ok=True)
+        self._file_episodes, self._file_frames, self._file_bytes = [], 0, 0
+
+    def _remove_empty_journal(self) -> None:
+        try:
+            (self.root / ".journal").rmdir()
+        except OSError:  # absent, or holds the journal of an episode whose write failed
+            pass
+
+    def _write_tasks(self, tasks: list[str]) -> None:
+        import pandas as pd  # here only: LeRobot's tasks file is a pandas frame
+
+        # Object dtype: stored as pandas 2 (LeRobot's) stores strings, whatever pandas is here.
+        frame = pd.DataFrame({"task_index": np.arange(len(tasks), dtype=np.int64)},
+                             index=pd.Index(tasks, dtype=object, name="task"))
+        atomic_write(self.root / TASKS_PATH, lambda p: frame.to_parquet(p))
+
+    def _write_rows(self, loc: tuple[int, int], rows: pa.Table) -> None:
+        path = self.root / EPISODES_PATH.format(chunk_index=loc[0], file_index=loc[1])
+        atomic_write(path, lambda p: pq.write_table(rows, p))
+
+    def _write_stats_and_info(self, tasks: list[str], moments: dict[str, _Moments],
+                              num_episodes: int, num_frames: int) -> None:
         meta = self.root / "meta"
-        tasks_table = pa.table({"task_index": pa.array(range(len(tasks)), pa.int64()),
-                                "task": pa.array(tasks, pa.string())})
-        atomic_write(meta / "tasks.parquet", lambda p: pq.write_table(tasks_table, p))
-        episodes = pa.Table.from_pylist(rows, schema=_EPISODES_SCHEMA)
-        atomic_write(self.root / EPISODES_PATH, lambda p: pq.write_table(episodes, p))
         atomic_write_json(meta / "stats.json", {
             k: {s: v.tolist() for s, v in m.arrays().items()} for k, m in moments.items()})
         atomic_write_json(meta / "info.json", {  # last: the commit point
-            "codebase_version": CODEBASE_VERSION, "robot_type": self.robot_type,
-            "total_episodes": len(rows), "total_frames": num_frames, "total_tasks": len(tasks),
-            "chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": 100,
-            "video_files_size_in_mb": 500, "fps": self.fps, "splits": {"train": f"0:{len(rows)}"},
-            "data_path": self._data_path, "video_path": VIDEO_PATH,
-            "features": {k: f.to_json() for k, f in self._all.items()}})
+            "codebase_version": CODEBASE_VERSION, "fps": self.fps,
+            "features": {k: f.to_json() for k, f in self._all.items()},
+            "total_episodes": num_episodes, "total_frames": num_frames,
+            "total_tasks": len(tasks), "chunks_size": self._chunks_size,
+            "data_files_size_in_mb": self._size_mb,
+            "video_files_size_in_mb": VIDEO_FILES_SIZE_IN_MB, "data_path": self._data_path,
+            "video_path": None,  # LeRobot writes null for a dataset without video features
+            "robot_type": self.robot_type, "splits": {"train": f"0:{num_episodes}"}})
 
     def close(self) -> None:
-        """Releases the root. Frames buffered by add_frame() and not saved are dropped."""
+        """Assembles the last data file and releases the root. Frames buffered by add_frame()
+        and not saved are dropped."""
         if self._buffer:
             warnings.warn(f"DatasetWriter closed with {len(self._buffer)} unsaved frames; they "
                           "are dropped (call save_episode() before close())", stacklevel=2)
             self._buffer.clear()
+        if self._lock is not None:
+            try:
+                self._assemble()  # if this fails, the journal keeps the episodes readable
+                self._remove_empty_journal()
+            finally:
+                self._release()
+
+    def _release(self) -> None:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
