@@ -205,13 +205,14 @@ def test_resip_base_queue_restarts_per_env():
     obs = torch.randn(3, 8)
     policy.reset(3)
     policy.act(obs)
-    assert policy._cursor.tolist() == [1, 1, 1]
+    assert policy._queue.cursor.tolist() == [1, 1, 1]
     policy.end_episodes(torch.tensor([False, True, False]))
-    assert policy._cursor.tolist() == [1, 2, 1]  # env 1 replans, the others play on
-    first_queue = policy._queue.clone()
+    assert policy._queue.cursor.tolist() == [1, 2, 1]  # env 1 replans, the others play on
+    first_queue = policy._queue.queue.clone()
     policy.act(obs)
-    assert torch.equal(policy._queue[[0, 2]], first_queue[[0, 2]])
-    assert policy._cursor.tolist() == [2, 1, 2]
+    assert torch.equal(policy._queue.queue[[0, 2]], first_queue[[0, 2]])
+    assert not torch.equal(policy._queue.queue[1], first_queue[1])
+    assert policy._queue.cursor.tolist() == [2, 1, 2]
 
 
 def test_clip_schedule_has_no_zero_over_zero():

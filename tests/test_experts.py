@@ -4,7 +4,8 @@ import pytest
 
 from embodied.core.errors import ConfigError
 from embodied.core.paths import ASSETS_DIR
-from embodied.data.experts import TRAINED_EXPERTS, expert_success, make_expert
+from embodied.data.experts import TRAINED_EXPERTS, make_expert
+from embodied.rollout.experts import expert_success
 
 
 def first_episode_success(task, num_envs, noise=0.0, seed=0):

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from embodied.core.errors import ConfigError
-from embodied.data.experts import expert_names, expert_success, make_expert
+from embodied.data.experts import expert_names, make_expert
 from embodied.envs import make_env, task_names
+from embodied.rollout.experts import expert_success
 
 TASKS = ["push_cube", "pick_place", "peg_insert"]
 # Noise at which each expert is clearly imperfect (measured: push ~0.8, pick ~0.94, peg ~0.7).

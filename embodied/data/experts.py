@@ -337,30 +337,3 @@ def make_expert(task_name: str, num_envs: int, noise: float = 0.0,
             f"no expert for task {task_name!r}; experts exist for {expert_names()}"
         ) from None
     return cls(num_envs, noise=noise, generator=generator, **kwargs)
-
-
-def expert_success(task: str, num_envs: int, noise: float = 0.0, seed: int = 0) -> torch.Tensor:
-    """Run the task's expert in `num_envs` envs until each finished one episode.
-
-    Returns bool [num_envs]: the success of each env's first episode (env seed `seed`,
-    expert generator seed `seed + 1`).
-    """
-    from embodied.envs import make_env
-
-    env = make_env(task, num_envs=num_envs)
-    expert = make_expert(task, num_envs, noise=noise,
-                         generator=torch.Generator().manual_seed(seed + 1))
-    obs = env.reset(seed=seed)["state"]
-    finished = torch.zeros(num_envs, dtype=torch.bool)
-    success = torch.zeros(num_envs, dtype=torch.bool)
-    while not finished.all():
-        out, _, terminated, truncated, info = env.step(expert.act(obs))
-        obs = out["state"]
-        done = terminated | truncated
-        if done.any():
-            first = done & ~finished
-            success[first] = info["episode_success"][first]
-            finished |= done
-            expert.reset(done.nonzero().squeeze(-1))
-    env.close()
-    return success

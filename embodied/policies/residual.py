@@ -24,6 +24,7 @@ from embodied.core.errors import ConfigError
 from embodied.core.io import atomic_directory
 from embodied.policies.nets import GaussianMLP
 from embodied.policies.policy import CONFIG_FILE, FORMAT_VERSION, ChunkPolicy
+from embodied.policies.queue import ChunkQueue
 from embodied.policies.samplers import Chain, gaussian_log_prob
 
 RESIDUAL_WEIGHTS = "residual.safetensors"
@@ -33,17 +34,15 @@ class ResidualPolicy(nn.Module):
     def __init__(self, base: ChunkPolicy, hidden: tuple[int, ...] = (256, 256),
                  scale: float = 0.1, log_std_init: float = -1.0) -> None:
         super().__init__()
-        if base.config.cameras or base.config.n_obs_steps != 1:
-            raise ConfigError("ResiP here takes a state-only base with n_obs_steps=1")
         self.base = base.eval().requires_grad_(False)
         self.hidden, self.scale, self.log_std_init = tuple(hidden), scale, log_std_init
         c = base.config
-        self.residual = GaussianMLP(c.obs_dim + c.action_dim, c.action_dim, hidden,
+        self.residual = GaussianMLP(self.feature_dim + c.action_dim, c.action_dim, hidden,
                                     log_std_init=log_std_init, zero_init_last=True)
-        # Rollouts and evaluation see a one-action policy (Ta = 1).
+        # Rollouts and evaluation see a one-action policy (Ta = 1) with the base's history
+        # and cameras, so the collector keeps what the base plans from.
         self.config = dataclasses.replace(c, horizon=1, n_action_steps=1, frozen_steps=0)
-        self._queue: torch.Tensor | None = None
-        self._cursor: torch.Tensor | None = None
+        self._queue: ChunkQueue | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -51,7 +50,11 @@ class ResidualPolicy(nn.Module):
 
     @property
     def feature_dim(self) -> int:
-        return self.base.config.obs_dim
+        """clip(norm(state), +-3), plus the frozen base's encoder features for an image or
+        history base (the residual needs to see what the base sees)."""
+        c = self.base.config
+        extra = self.base.feature_dim if (c.cameras or c.n_obs_steps > 1) else 0
+        return c.obs_dim + extra
 
     @property
     def num_chain_steps(self) -> int:
@@ -64,37 +67,38 @@ class ResidualPolicy(nn.Module):
 
     # --- per-env base queue -------------------------------------------------------------
     def reset(self, num_envs: int) -> None:
-        self._queue = None
-        self._cursor = torch.full((num_envs,), self.base.config.n_action_steps)
+        self._queue = ChunkQueue(num_envs, self.base.config.n_action_steps)
 
     def end_episodes(self, ended: torch.Tensor) -> None:
-        if self._cursor is not None:
-            self._cursor[ended] = self.base.config.n_action_steps  # replan on the next step
+        if self._queue is not None:
+            self._queue.clear(ended)  # that env's base replans on its next step
 
     @torch.no_grad()
-    def _base_actions(self, obs: torch.Tensor, generator: torch.Generator | None):
-        n, ta = obs.shape[0], self.base.config.n_action_steps
-        if self._cursor is None or len(self._cursor) != n:
+    def _base_actions(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None):
+        n = obs["state"].shape[0]
+        if self._queue is None or len(self._queue.cursor) != n:
             self.reset(n)
-        plan = self._cursor >= ta
-        if plan.any():
-            chunk = self.base.act(obs[plan], generator=generator, deterministic=True)
-            if self._queue is None:
-                self._queue = chunk.new_zeros(n, *chunk.shape[1:])
-            self._queue[plan] = chunk
-            self._cursor[plan] = 0
-        actions = self._queue[torch.arange(n), self._cursor].to(self.dtype)
-        self._cursor += 1
-        return actions
+        plan = self._queue.needs_plan().nonzero().flatten()
+        if len(plan):
+            chunk = self.base.act({k: v[plan] for k, v in obs.items()}, generator=generator,
+                                  deterministic=True)
+            self._queue.load(plan, chunk)
+        return self._queue.pop().to(self.dtype)
 
     # --- acting and scoring -------------------------------------------------------------
     def encode(self, obs: dict[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
-        """The residual's (and critic's) view of the observation: clip(norm(obs), +-3)."""
-        state = obs["state"] if isinstance(obs, dict) else obs
+        """The residual's (and critic's) view of the observation: clip(norm(state), +-3) of
+        the newest frame, and for an image / history base its frozen encoder's features."""
+        obs = obs if isinstance(obs, dict) else {"state": obs}
+        state = obs["state"]
         if state.dim() == 3:
             state = state[:, -1]
-        norm = self.base.obs_normalizer.normalize(state.to(self.dtype))
-        return norm.clamp(-3.0, 3.0)
+        norm = self.base.obs_normalizer.normalize(state.to(self.dtype)).clamp(-3.0, 3.0)
+        if self.feature_dim == norm.shape[-1]:
+            return norm
+        with torch.no_grad():
+            features = self.base.encode(obs).to(self.dtype)
+        return torch.cat([norm, features], -1)
 
     def _dist(self, obs, base_action):
         mean, log_std = self.residual(torch.cat([self.encode(obs), base_action], -1))
@@ -102,9 +106,8 @@ class ResidualPolicy(nn.Module):
 
     def sample(self, obs, generator: torch.Generator | None = None,
                deterministic: bool = False) -> tuple[torch.Tensor, Chain]:
-        state = obs["state"] if isinstance(obs, dict) else obs
-        base_action = self._base_actions(state[:, -1] if state.dim() == 3 else state,
-                                          generator)
+        obs = obs if isinstance(obs, dict) else {"state": obs}
+        base_action = self._base_actions(obs, generator)
         mean, log_std = self._dist(obs, base_action)
         if deterministic:
             u, lp = mean, mean.new_zeros(mean.shape[0])

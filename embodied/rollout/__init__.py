@@ -1,7 +1,7 @@
 """Rollouts: the collector (one engine for every loop) and the evaluation protocol."""
 
+from embodied.policies.queue import ChunkQueue
 from embodied.rollout.collector import (
-    ChunkQueue,
     Collector,
     Decision,
     EpisodeStats,

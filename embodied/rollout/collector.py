@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from embodied.policies.queue import ChunkQueue
+
 Obs = dict[str, torch.Tensor]
 Tensor = torch.Tensor
 
@@ -57,6 +59,10 @@ class ObsHistory:
         """The histories with `obs` appended as the newest frame (not stored)."""
         return {k: torch.cat([v[:, 1:], obs[k].unsqueeze(1)], 1) for k, v in self.frames.items()}
 
+    def push(self, obs: Obs) -> None:
+        """Append the newest observation (an env that does not auto-reset: a robot)."""
+        self.frames = self.pushed(obs)
+
     def after_step(self, obs: Obs, done: Tensor, final_obs: Obs | None) -> Obs | None:
         """Advance by one env step. Envs that finished get a fresh history from their next
         episode's first observation; returns the histories ending in their final
@@ -71,33 +77,6 @@ class ObsHistory:
 
     def get(self, ids: Tensor | None = None) -> Obs:
         return dict(self.frames) if ids is None else {k: v[ids] for k, v in self.frames.items()}
-
-
-class ChunkQueue:
-    """Per-env queue of the chunk being executed: an env plans when its queue is empty."""
-
-    def __init__(self, num_envs: int, n_action_steps: int) -> None:
-        self.Ta = n_action_steps
-        self.queue: Tensor | None = None
-        self.cursor = torch.full((num_envs,), n_action_steps)  # Ta = empty
-
-    def needs_plan(self) -> Tensor:
-        return self.cursor >= self.Ta
-
-    def clear(self, mask: Tensor) -> None:
-        """Drop the rest of the chunks of envs in `mask` (their episode ended)."""
-        self.cursor = torch.where(mask, torch.full_like(self.cursor, self.Ta), self.cursor)
-
-    def load(self, ids: Tensor, chunk: Tensor) -> None:
-        if self.queue is None:
-            self.queue = chunk.new_zeros((len(self.cursor), *chunk.shape[1:]))
-        self.queue[ids] = chunk
-        self.cursor[ids] = 0
-
-    def pop(self) -> Tensor:
-        actions = self.queue[torch.arange(len(self.cursor)), self.cursor.clamp(max=self.Ta - 1)]
-        self.cursor += 1
-        return actions
 
 
 @dataclass

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 
 from embodied.core.errors import ConfigError, RobotError
 from embodied.envs import make_env
+from embodied.rollout import ObsHistory, check_policy_fits
 from embodied.sim2real.executor import ChunkExecutor
 from embodied.sim2real.launch import fake_robot
 from embodied.sim2real.robot import BridgeRobot
@@ -91,12 +91,6 @@ def open_robot(robot_cfg: dict[str, Any], transport: str, task: str, *,
         yield robot
 
 
-def _policy_input(history: deque[torch.Tensor]) -> dict[str, torch.Tensor]:
-    if len(history) == 1:
-        return {"state": history[0]}
-    return {"state": torch.stack(list(history), dim=1)}  # [1, To, Do]
-
-
 def _why_held(safety: SafetyLayer) -> str:
     holds = [e.reason for e in safety.interventions if e.rule in HOLD_RULES]
     return holds[-1] if holds else f"safety state {safety.state!r}"
@@ -114,7 +108,8 @@ def run_policy_episode(env: RobotEnv, policy: Any, *, rate_hz: float, seed: int,
     obs = env.reset(seed=seed)
     # Each observation's step and time tag the chunk planned from it (stale rows, latency).
     obs_step, obs_time = 0, time.monotonic()
-    history = deque([obs["state"]] * cfg.n_obs_steps, maxlen=cfg.n_obs_steps)
+    history = ObsHistory(cfg.n_obs_steps)  # the collector's: what evaluation feeds it
+    history.start(obs)
     executor = ChunkExecutor(robot.publish_command, rate_hz, merge=merge, safety=robot.safety)
     generator = torch.Generator().manual_seed(seed)
     status, next_plan, start = env.status, 0, time.monotonic()
@@ -128,7 +123,7 @@ def run_policy_episode(env: RobotEnv, policy: Any, *, rate_hz: float, seed: int,
                 if obs_step >= limit:
                     break
                 if obs_step >= next_plan:
-                    chunk = policy.act(_policy_input(history), generator=generator,
+                    chunk = policy.act(history.get(), generator=generator,
                                        deterministic=deterministic)[0]
                     executor.submit(chunk.double().numpy(), obs_step, obs_time)
                     if not executor.running:
@@ -136,7 +131,7 @@ def run_policy_episode(env: RobotEnv, policy: Any, *, rate_hz: float, seed: int,
                     next_plan = obs_step + every
                 obs, status = env.observe()
                 obs_step, obs_time = executor.step_index, time.monotonic()
-                history.append(obs["state"])
+                history.push(obs)
     finally:
         try:
             executor.stop()  # raises what stopped the control loop, if anything did
@@ -170,12 +165,7 @@ def deploy(robot_cfg: dict[str, Any], policy_path: str, task: str, *, transport:
     policy = load_policy(policy_path)
     policy.eval()
     spec = make_env(task, num_envs=1, nthread=1, **(task_options or {}))
-    c = policy.config
-    if (c.obs_dim, c.action_dim) != (spec.obs_dim, spec.action_dim):
-        raise ConfigError(
-            f"policy {policy_path} takes obs {c.obs_dim} / actions {c.action_dim}, but task "
-            f"{task} has obs {spec.obs_dim} / actions {spec.action_dim}: deploy a policy "
-            "trained on this task, or pass the task it was trained on (task=...)")
+    check_policy_fits(policy.config, spec.obs_dim, spec.action_dim, task)
     spec.close()
     log = InterventionLog(None if run_dir is None else Path(run_dir) / "interventions.jsonl")
     results = []
