@@ -166,9 +166,13 @@ class ChainPPO:
         return self.ppo._bc_loss(obs, chain)
 
     # --- rollout ------------------------------------------------------------------------
-    def _value(self, obs) -> torch.Tensor:
+    def _values(self, *batches: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Critic values of observation batches shaped [T_i, N, To, ...], in one call."""
+        sizes = [next(iter(b.values())).shape[0] for b in batches]
+        joined = {k: torch.cat([b[k] for b in batches]).flatten(0, 1) for k in batches[0]}
         with torch.no_grad():
-            return self.critic(self.policy.encode(obs)).to(self.policy.dtype)
+            values = self.critic(self.policy.encode(joined)).to(self.policy.dtype)
+        return list(values.view(sum(sizes), -1).split(sizes))
 
     def _reset_groups(self, iteration: int) -> None:
         """grpo: env i starts from initial state number i // group_size of this iteration."""
@@ -194,14 +198,12 @@ class ChainPPO:
             decisions = -(-self.env.max_episode_steps // ta)
             in_episode = torch.ones(n, dtype=torch.bool)
             episode_returns = torch.zeros(n, dtype=self.policy.dtype)
-        rows: dict[str, list] = {k: [] for k in ("obs", "states", "log_probs", "sde", "values",
+        rows: dict[str, list] = {k: [] for k in ("obs", "states", "log_probs", "sde", "final_obs",
                                                  "rewards", "terminated", "truncated",
-                                                 "final_values", "valid")}
+                                                 "valid")}
         collector.reset_counters()
-        value_seconds = 0.0
         for _ in range(decisions):
             d = collector.decision()
-            t1 = time.perf_counter()
             self.env_steps += n * ta
             reward = d.reward
             if self.reward_norm is not None:
@@ -218,21 +220,25 @@ class ChainPPO:
             rows["states"].append(d.chain.states)
             rows["log_probs"].append(d.chain.log_probs)
             rows["sde"].append(d.chain.sde_step)
-            rows["values"].append(self._value(d.obs))
+            rows["final_obs"].append(d.final_obs)
             rows["rewards"].append(reward)
             rows["terminated"].append(d.terminated)
             rows["truncated"].append(d.truncated)
-            rows["final_values"].append(self._value(d.final_obs))
-            value_seconds += time.perf_counter() - t1
-        values = torch.stack(rows["values"])
-        final_values = torch.stack(rows["final_values"])
+        t0 = time.perf_counter()
+        stack = lambda obs: {k: torch.stack([o[k] for o in obs]) for k in obs[0]}  # noqa: E731
+        obs = stack(rows["obs"])
+        # Values of every decision, of the observation after the last one, and of the final
+        # observations (truncation bootstraps from them), in one batched critic call.
+        values, following, final_values = self._values(
+            obs, {k: v[None] for k, v in collector.history.get().items()},
+            stack(rows["final_obs"]))
         terminated, truncated = torch.stack(rows["terminated"]), torch.stack(rows["truncated"])
-        following = torch.cat([values[1:], self._value(collector.history.get())[None]])
+        following = torch.cat([values[1:], following])
         next_values = torch.where(truncated, final_values, following)
         next_values = torch.where(terminated, torch.zeros_like(next_values), next_values)
+        value_seconds = time.perf_counter() - t0
         rollout = Rollout(
-            obs={k: torch.stack([o[k] for o in rows["obs"]]) for k in rows["obs"][0]},
-            states=torch.stack(rows["states"]), log_probs=torch.stack(rows["log_probs"]),
+            obs=obs, states=torch.stack(rows["states"]), log_probs=torch.stack(rows["log_probs"]),
             sde_step=None if rows["sde"][0] is None else torch.stack(rows["sde"]),
             values=values, rewards=torch.stack(rows["rewards"]), next_values=next_values,
             episode_end=terminated | truncated,
