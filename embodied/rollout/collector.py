@@ -21,6 +21,7 @@ Shapes: N envs, To history, Ta executed actions, Da action dims.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,11 +222,12 @@ class Collector:
 
     # --- evaluation ---------------------------------------------------------------------
     @torch.no_grad()
-    def first_episodes(self, deterministic: bool = True,
-                       video_env: int | None = None) -> dict[str, Any]:
+    def first_episodes(self, deterministic: bool = True, video_env: int | None = None,
+                       on_step: Callable[[Step, dict], None] | None = None) -> dict[str, Any]:
         """Run until every env finished its first episode, each env replanning whenever its
         queue is empty; returns per-env success [N], return [N], length [N] and, with
-        `video_env`, the frames of that env's first episode."""
+        `video_env`, the frames of that env's first episode. `on_step(step, info)` sees
+        every env step (recording: `Step.obs` holds the histories the action came from)."""
         if not self.started:
             self.reset()
         n = self.num_envs
@@ -243,8 +245,14 @@ class Collector:
                                                  deterministic=deterministic))
             if video_env is not None and not finished[video_env]:
                 frames.append(self.env.render([video_env])[0])
-            _, term, trunc, final, info = self._step(queue.pop())
+            obs, actions = self.history.get(), queue.pop()
+            reward, term, trunc, final, info = self._step(actions)
             done = term | trunc
+            if on_step is not None:
+                next_obs = self.history.get() if final is None else {
+                    k: torch.where(_rows(done, v), final[k], v)
+                    for k, v in self.history.get().items()}
+                on_step(Step(obs, actions, reward, term, trunc, next_obs), info)
             if final is not None:
                 first = done & ~finished
                 success = torch.where(first, info["episode_success"], success)

@@ -29,7 +29,8 @@ import torch
 
 from embodied.core.errors import ConfigError, RobotError
 from embodied.envs import make_env
-from embodied.rollout import ObsHistory, check_policy_fits
+from embodied.rollout import Collector, ObsHistory, Step, check_policy_fits
+from embodied.rollout.experts import ExpertPolicy
 from embodied.sim2real.executor import ChunkExecutor
 from embodied.sim2real.launch import fake_robot
 from embodied.sim2real.robot import BridgeRobot
@@ -246,26 +247,28 @@ def record(robot_cfg: dict[str, Any], task: str, repo: str | Path, *, transport:
 
 
 def _teleop_episode(env: RobotEnv, expert: Any, seed: int) -> tuple[dict[str, np.ndarray], bool]:
-    obs = env.reset(seed=seed)
-    expert.reset()
+    """One episode of the expert on the robot, through the collector; the frames to store
+    (the action stored is the one sent, after the safety layer)."""
     rows: dict[str, list[np.ndarray]] = {k: [] for k in (
         "observation.state", "action", "next.reward", "next.done", "next.terminated",
         "next.success")}
-    while True:
-        action = expert.act(obs["state"])
-        next_obs, reward, terminated, truncated, info = env.step(action)
-        done = bool(terminated[0] | truncated[0])
+
+    def record(step: Step, info: dict) -> None:
         # NaN: nothing was sent (the safety layer held before any command, with nothing to
         # hold at), so the robot did not act: no frame. Only the first steps can be such.
-        if not info["action_sent"].isnan().any():
-            for key, value in (("observation.state", obs["state"][0]),
-                               ("action", info["action_sent"][0]), ("next.reward", reward[0]),
-                               ("next.done", done), ("next.terminated", terminated[0]),
-                               ("next.success", info["success"][0])):
-                rows[key].append(np.asarray(value))
-        obs = next_obs
-        if done:
-            if not rows["action"]:
-                raise RobotError(f"no command was sent in the episode with seed {seed}: the "
-                                 f"safety layer held every one ({_why_held(env.robot.safety)})")
-            return {k: np.stack(v) for k, v in rows.items()}, bool(info["episode_success"][0])
+        if info["action_sent"].isnan().any():
+            return
+        done = bool(step.terminated[0] | step.truncated[0])
+        for key, value in (("observation.state", step.obs["state"][0, -1]),
+                           ("action", info["action_sent"][0]), ("next.reward", step.reward[0]),
+                           ("next.done", done), ("next.terminated", step.terminated[0]),
+                           ("next.success", info["success"][0])):
+            rows[key].append(np.asarray(value))
+
+    collector = Collector(env, ExpertPolicy(expert, env.obs_dim, env.action_dim))
+    collector.reset(seed=seed)
+    result = collector.first_episodes(on_step=record)
+    if not rows["action"]:
+        raise RobotError(f"no command was sent in the episode with seed {seed}: the "
+                         f"safety layer held every one ({_why_held(env.robot.safety)})")
+    return {k: np.stack(v) for k, v in rows.items()}, bool(result["success"][0])
