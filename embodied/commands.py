@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from embodied.core.checkpoint import STATE_FILE, prepare_run_dir
+from embodied.core.errors import ConfigError
 from embodied.core.io import atomic_write_json, atomic_write_text
 from embodied.core.paths import resolve_shipped
 
@@ -17,7 +18,7 @@ def _options(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg.task.options, resolve=True) or {}
 
 
-def _start_run(cfg: DictConfig, resumable: bool = False) -> Path:
+def _start_run(cfg: DictConfig, resumable: bool = False, inputs: tuple[Path, ...] = ()) -> Path:
     """The run directory, with the resolved config written into it. A resumable run
     (pretrain, finetune) first reconciles what an earlier run left there and says so."""
     import torch
@@ -28,7 +29,10 @@ def _start_run(cfg: DictConfig, resumable: bool = False) -> Path:
     run_dir = Path(cfg.run_dir)
     if resumable:
         print(prepare_run_dir(run_dir, run_dir / STATE_FILE, resume=bool(cfg.resume),
-                              overwrite=bool(cfg.get("overwrite", False))))
+                              overwrite=bool(cfg.get("overwrite", False)), inputs=inputs))
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run_dir {run_dir} is a file, not a directory: pass another "
+                          "run_dir=...")
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     return run_dir
@@ -63,7 +67,7 @@ def pretrain_command(cfg: DictConfig) -> dict[str, Any]:
     from embodied.policies.policy import ChunkPolicy
 
     dataset = EpisodeDataset(cfg.dataset)
-    run_dir = _start_run(cfg, resumable=True)
+    run_dir = _start_run(cfg, resumable=True, inputs=(Path(cfg.dataset),))
     seed_everything(cfg.train.seed)  # the policy's initial weights
     policy_fields = OmegaConf.to_container(cfg.policy, resolve=True)
     policy_config = PolicyConfig(
@@ -113,7 +117,8 @@ def finetune_command(cfg: DictConfig) -> dict[str, Any]:
     settings = OmegaConf.to_container(cfg.algo, resolve=True)
     name = settings.pop("algorithm")
     base = ChunkPolicy.from_pretrained(resolve_shipped(cfg.base)) if cfg.base else None
-    run_dir = _start_run(cfg, resumable=True)
+    run_dir = _start_run(cfg, resumable=True,
+                         inputs=(resolve_shipped(cfg.base),) if cfg.base else ())
     algo = make_finetune(name, base, cfg.task.name, settings, run_dir, _options(cfg))
     if cfg.get("randomization") is not None:  # the training env only: eval stays nominal
         from embodied.sim2real.randomization import DomainRandomizer

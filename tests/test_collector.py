@@ -127,3 +127,14 @@ def test_every_algorithm_fine_tunes_an_image_policy(name, tmp_path):
     assert moved
     if name not in ("resip", "dppo"):  # those keep the base's encoder frozen
         assert any(k.startswith("encoder.") and "image" in k for k in moved), moved
+
+
+def test_episode_stats_count_short_episodes_inside_leftover_steps():
+    """Episodes that start and end within one chunk's leftover steps are counted too."""
+    env = make_env("reach", num_envs=2, max_episode_steps=3)
+    policy = ConstantPolicy(env.obs_dim, env.action_dim, n_obs_steps=1, n_action_steps=8)
+    collector = Collector(env, policy)
+    collector.reset(seed=0)
+    for _ in range(3):
+        collector.decision()
+    assert collector.stats.summary()["episodes"] == 2 * (3 * 8 // 3)  # 8 per env

@@ -53,3 +53,18 @@ def test_non_editable_install_finds_configs_and_assets(wheel, tmp_path):
     assert module_file.startswith(str(target))
     assert config.startswith(str(target)) and config_exists
     assert obs_dim == 26
+
+
+def test_the_old_bridge_name_still_imports_with_a_warning():
+    import importlib
+    import sys
+
+    sys.modules.pop("embodied.bridge", None)
+    with pytest.warns(DeprecationWarning, match="embodied.sim2real"):
+        bridge = importlib.import_module("embodied.bridge")
+    from embodied.bridge.robot import BridgeRobot
+    from embodied.sim2real import make_transport
+    from embodied.sim2real.robot import BridgeRobot as NewBridgeRobot
+
+    assert BridgeRobot is NewBridgeRobot  # one module under two names
+    assert bridge.make_transport is make_transport

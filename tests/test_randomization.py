@@ -270,3 +270,17 @@ def test_envs_never_import_sim2real():
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n.startswith("embodied.sim2real") for n in names), path
+
+
+def test_locomotion_velocity_uses_each_envs_own_timestep():
+    """A randomised timestep changes the control period: the reward's forward velocity is
+    displacement over that env's own dt, not the nominal one."""
+    randomizer = DomainRandomizer(scale={"timestep": [1.1, 1.1]})
+    env = make_env("hopper", num_envs=2, randomizer=randomizer)
+    env.reset(seed=0)
+    x_before = env.task.before_step(env.sim)
+    env.step(torch.full((2, env.action_dim), 0.5))
+    dt = env.sim.get_model(0).opt.timestep * env.task.frame_skip
+    assert dt == pytest.approx(1.1 * 0.002 * env.task.frame_skip)
+    true_velocity = (env.sim.field("qpos")[:, 0] - x_before) / dt
+    torch.testing.assert_close(env.task.forward_velocity(env.sim, x_before), true_velocity)

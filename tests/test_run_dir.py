@@ -168,3 +168,86 @@ def test_progress_without_a_terminal_prints_plain_lines():
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1  # only the final line: the interval never elapsed
     assert lines[0].startswith("finetune 4/4 iterations (100%)") and "success=0.50" in lines[0]
+
+
+def test_overwrite_refuses_a_directory_that_is_not_a_run(base, tmp_path, capsys):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "thesis.tex").write_text("notes")
+    assert finetune(base, project, "overwrite=true")[0] == 1
+    _one_line_error(capsys.readouterr().err, "not a run's", "thesis.tex")
+    assert (project / "thesis.tex").exists() and (project / "src").is_dir()
+    # Its own base inside the run directory is refused too (it would be deleted first).
+    run = tmp_path / "run"
+    assert finetune(base, run, capsys=capsys)[0] == 0
+    assert finetune(run / "policy", run, "overwrite=true")[0] == 1
+    _one_line_error(capsys.readouterr().err, "own input")
+    assert (run / "policy" / "model.safetensors").exists()
+
+
+def test_a_run_dir_that_is_a_file_is_a_one_line_error(base, tmp_path, capsys):
+    file = tmp_path / "afile"
+    file.write_text("")
+    assert finetune(base, file)[0] == 1
+    _one_line_error(capsys.readouterr().err, "is a file")
+    assert main(["eval", "task=reach", f"checkpoint={base}", "episodes=1", "video=false",
+                 f"run_dir={file}"]) == 1
+    _one_line_error(capsys.readouterr().err, "is a file")
+
+
+def test_resume_never_pads_a_metrics_file_shorter_than_recorded(base, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert finetune(base, run, "algo.checkpoint_every=1", capsys=capsys)[0] == 0
+    metrics = run / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes()[: metrics.stat().st_size // 2])  # a lost tail
+    code, out = finetune(base, run, "algo.iterations=3", "resume=true", capsys=capsys)
+    assert code == 0 and "rows logged before the checkpoint were lost" in out.out
+    assert b"\0" not in metrics.read_bytes()
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert rows[-1]["iteration"] == 3
+
+
+def test_resuming_a_finished_run_continues_its_curve(base, tmp_path, capsys):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert finetune(base, whole, "algo.iterations=4", "algo.checkpoint_every=2",
+                    capsys=capsys)[0] == 0
+    assert finetune(base, cut, "algo.checkpoint_every=2", capsys=capsys)[0] == 0  # 2 its
+    assert finetune(base, cut, "algo.iterations=4", "algo.checkpoint_every=2",
+                    "resume=true", capsys=capsys)[0] == 0
+
+    def curve(run):
+        return [(r["iteration"], r["success_rate"]) for r in map(
+            json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "success_rate" in r]
+
+    assert [i for i, _ in curve(cut)] == [i for i, _ in curve(whole)] == [0, 1, 2, 3, 4]
+
+
+def test_resume_with_another_num_envs_is_refused(base, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert finetune(base, run, capsys=capsys)[0] == 0
+    assert finetune(base, run, "algo.num_envs=8", "algo.iterations=3", "resume=true")[0] == 1
+    _one_line_error(capsys.readouterr().err, "num_envs=4")
+
+
+def test_a_kill_between_the_policy_renames_keeps_the_last_policy(base, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert finetune(base, run, capsys=capsys)[0] == 0
+    (run / "policy").rename(run / ".policy.old")  # killed after the first rename
+    (run / ".policy.abc123").mkdir()  # the new copy, maybe incomplete
+    from embodied.core.checkpoint import remove_stale_temps
+
+    remove_stale_temps(run)
+    assert (run / "policy" / "model.safetensors").exists()
+    assert not (run / ".policy.old").exists() and not (run / ".policy.abc123").exists()
+
+
+@pytest.mark.parametrize("size", ["0", "-5"])
+def test_a_bad_image_size_is_a_one_line_error(tmp_path, capsys, size):
+    assert main(["finetune", "task=reach", "algo=gaussian_ppo", "base=null",
+                 "algo.cameras=[top]", f"algo.image_size={size}", "algo.iterations=1",
+                 f"run_dir={tmp_path / 'ft'}"]) == 1
+    _one_line_error(capsys.readouterr().err, "image_size")
+    assert main(["collect", "task=reach", "episodes=1", "num_envs=1", "cameras=[top]",
+                 f"image_size={size}", f"out={tmp_path / 'data'}",
+                 f"run_dir={tmp_path / 'c'}"]) == 1
+    _one_line_error(capsys.readouterr().err, "image_size")

@@ -13,6 +13,7 @@ iteration, so a run resumed from a checkpoint is bit-identical to one never inte
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -106,11 +107,15 @@ class Trainer:
                     self.save_checkpoint()
         finally:
             bar.close()
+        # The final checkpoint ends before the final evaluation's row: a run resumed with more
+        # iterations continues the curve as if it had never stopped.
+        metrics_file = self.run_dir / "metrics.jsonl"
+        before_final = metrics_file.stat().st_size if metrics_file.exists() else 0
         after = self.evaluate()
         logger.log(learner.env_steps, success_rate=after["success_rate"],
                    return_mean=after["return_mean"], iteration=self.iteration)
         logger.close()
-        self.save_checkpoint()
+        self.save_checkpoint(metrics_bytes=before_final)
         curve = plot_curve(self.run_dir, "success_rate", title=f"fine-tuning on {self.task}",
                            xlabel="env steps")
         before = self.before
@@ -135,15 +140,20 @@ class Trainer:
         return result
 
     # --- checkpoints --------------------------------------------------------------------
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, metrics_bytes: int | None = None) -> None:
         """Policy directory + the whole training state, each written atomically; the
-        metrics file's length is recorded so a resumed run drops rows logged after it."""
+        metrics file's length is recorded (and the file synced, so it is never shorter
+        after a crash) so a resumed run drops rows logged after it."""
         self.learner.policy.save_pretrained(self.run_dir / "policy")
         metrics = self.run_dir / "metrics.jsonl"
+        if metrics.exists():
+            with open(metrics, "rb+") as f:
+                os.fsync(f.fileno())
+        if metrics_bytes is None:
+            metrics_bytes = metrics.stat().st_size if metrics.exists() else 0
         state = {"iteration": self.iteration, "env_steps": self.learner.env_steps,
                  "before": self.before, "learner": self.learner.state_dict(),
-                 "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
-                 "config": asdict(self.cfg)}
+                 "metrics_bytes": metrics_bytes, "config": asdict(self.cfg)}
         atomic_write(self.state_path, lambda tmp: torch.save(state, tmp))
 
     def resume(self) -> bool:
@@ -152,6 +162,17 @@ class Trainer:
         if not self.state_path.exists():
             return False
         state = load_training_state(self.state_path)
+        saved = state.get("config", {})
+        if saved.get("num_envs", self.cfg.num_envs) != self.cfg.num_envs:
+            raise ConfigError(f"{self.state_path} was trained with num_envs="
+                              f"{saved['num_envs']}, this run has {self.cfg.num_envs}: resume "
+                              "with the same num_envs, or pass another run_dir=...")
+        changed = sorted(k for k, v in asdict(self.cfg).items()
+                         if k in saved and saved[k] != v
+                         and k not in ("iterations", "eval_every", "eval_episodes", "video"))
+        if changed:
+            print(f"resuming with changed settings {changed}: the run is no longer the "
+                  "same as one never interrupted")
         try:
             self.learner.load_state_dict(state["learner"])
         except (KeyError, RuntimeError, ValueError) as e:
@@ -161,6 +182,8 @@ class Trainer:
                               "run_dir=...") from None
         self.iteration, self.learner.env_steps = state["iteration"], state["env_steps"]
         self.before = state["before"]
-        truncate_metrics(self.run_dir, state["metrics_bytes"])
+        note = truncate_metrics(self.run_dir, state["metrics_bytes"])
+        if note:
+            print(note)
         self._purge_step = self.learner.env_steps
         return True

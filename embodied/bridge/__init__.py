@@ -39,3 +39,10 @@ class _AliasFinder(importlib.abc.MetaPathFinder):
 
 if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):
     sys.meta_path.insert(0, _AliasFinder())
+
+__all__ = importlib.import_module(_NEW).__all__
+
+
+def __getattr__(name: str):
+    """`embodied.bridge.make_transport` and friends: the new package's attributes."""
+    return getattr(importlib.import_module(_NEW), name)

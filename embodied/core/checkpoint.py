@@ -18,6 +18,9 @@ from embodied.core.errors import CheckpointError, ConfigError
 
 METRICS_FILE = "metrics.jsonl"
 STATE_FILE = "checkpoints/train_state.pt"  # inside a run directory
+# What a run writes into its directory: all that overwrite=true may remove.
+RUN_ARTEFACTS = {"config.yaml", METRICS_FILE, "summary.json", "curve.png", "tensorboard",
+                 "checkpoints", "policy", "videos", "interventions.jsonl"}
 
 
 def load_training_state(path: Path) -> dict[str, Any]:
@@ -55,6 +58,11 @@ def remove_stale_temps(run_dir: Path) -> list[Path]:
     """Delete the temp files and directories of writes a crash interrupted (atomic_write's
     `.<name>.*.tmp*`, atomic_directory's `.<name>.*`): they hold nothing loadable."""
     removed = []
+    policy, previous = run_dir / "policy", run_dir / ".policy.old"
+    if not policy.exists() and previous.is_dir():
+        # Killed between the two renames of atomic_directory: the old copy is the last good
+        # one (the training state on disk was saved with it).
+        previous.rename(policy)
     for folder in (run_dir, run_dir / "checkpoints"):
         if not folder.is_dir():
             continue
@@ -70,11 +78,12 @@ def remove_stale_temps(run_dir: Path) -> list[Path]:
 
 
 def prepare_run_dir(run_dir: Path, state_path: Path, *, resume: bool,
-                    overwrite: bool = False) -> str:
+                    overwrite: bool = False, inputs: tuple[Path, ...] = ()) -> str:
     """Make `run_dir` ready for a run and say what will happen, in one line.
 
-    - overwrite: whatever the directory holds is removed first (the quickstart, so that
-      running README command 1 again simply works);
+    - overwrite: the previous run's files are removed first (the quickstart, so that
+      running README command 1 again simply works); a directory holding anything else, or
+      the run's own inputs (`inputs`: its dataset, its base policy), is refused;
     - a checkpoint without resume is an error (nothing is overwritten by accident);
     - resume with a checkpoint: the caller loads it and truncates the metrics to it;
     - otherwise the run starts fresh, and metrics of a run that died before its first
@@ -82,8 +91,19 @@ def prepare_run_dir(run_dir: Path, state_path: Path, *, resume: bool,
     """
     if resume and overwrite:
         raise ConfigError("resume=true and overwrite=true contradict each other: pick one")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run_dir {run_dir} is a file, not a directory: pass another "
+                          "run_dir=...")
     run_dir.mkdir(parents=True, exist_ok=True)
     if overwrite and any(run_dir.iterdir()):
+        foreign = sorted(p.name for p in run_dir.iterdir()
+                         if p.name not in RUN_ARTEFACTS and not p.name.startswith("."))
+        inside = [str(p) for p in inputs if _within(Path(p), run_dir)]
+        if foreign or inside:
+            what = f"files that are not a run's ({', '.join(foreign[:5])})" if foreign \
+                else f"this run's own input ({', '.join(inside)})"
+            raise ConfigError(f"overwrite=true would delete {what} in {run_dir}: overwrite "
+                              "only replaces a previous run; pass another run_dir=...")
         for item in run_dir.iterdir():
             shutil.rmtree(item) if item.is_dir() else item.unlink()
         return f"replacing the previous run in {run_dir}"
@@ -106,11 +126,28 @@ def prepare_run_dir(run_dir: Path, state_path: Path, *, resume: bool,
     return f"starting a new run in {run_dir}{note}"
 
 
-def truncate_metrics(run_dir: Path, length: int) -> None:
-    """Drop the metric rows logged after a checkpoint (it recorded the file's length then)."""
+def truncate_metrics(run_dir: Path, length: int) -> str | None:
+    """Drop the metric rows logged after a checkpoint (it recorded the file's length then).
+    A file shorter than recorded (lost in a crash) is never extended: its complete lines
+    stay, and the returned note says rows were lost."""
     metrics = run_dir / METRICS_FILE
+    note = None
     if metrics.exists():
+        size = metrics.stat().st_size
+        if size < length:
+            note = (f"{metrics} is shorter than its checkpoint recorded ({size} < "
+                    f"{length} bytes): rows logged before the checkpoint were lost")
+            length = metrics.read_bytes().rfind(b"\n") + 1  # keep whole lines only
         with open(metrics, "r+b") as f:
             f.truncate(length)
     if length == 0:  # nothing survives: TensorBoard's events go too
         shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    return note
+
+
+def _within(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False

@@ -64,6 +64,9 @@ class MujocoVecEnv:
                 f"task {task.name!r} has no camera {unknown}; its cameras: {list(task.cameras)}"
             )
         self.cameras = tuple(cameras)
+        if cameras and not (isinstance(image_size, int) and image_size >= 1):
+            raise ConfigError(f"image_size must be a positive integer (pixels), got "
+                              f"{image_size!r}")
         self.image_size = image_size
         self.render_size = render_size
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}

@@ -62,6 +62,9 @@ class PolicyConfig:
         if self.kind != "gaussian" and self.sampler not in valid:
             raise ConfigError(f"a {self.kind} policy samples with one of {valid}, "
                               f"got sampler={self.sampler!r}")
+        if self.cameras and not (isinstance(self.image_size, int) and self.image_size >= 16):
+            raise ConfigError(f"image_size must be an integer >= 16 (the image encoder's "
+                              f"smallest input), got {self.image_size!r}")
         if self.obs_dim <= 0 or self.action_dim <= 0:
             raise ConfigError("obs_dim and action_dim must be positive: take them from the "
                               "env (env.obs_dim, env.action_dim) or the dataset's features")

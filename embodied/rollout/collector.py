@@ -204,7 +204,8 @@ class Collector:
                 episode_return = torch.where(ended, info["episode_return"].double(),
                                              episode_return)
                 episode_success = torch.where(ended, info["episode_success"], episode_success)
-                self.stats.add(ended, info["episode_return"], info["episode_success"])
+                # Every episode that ended counts, also short ones inside leftover steps.
+                self.stats.add(term | trunc, info["episode_return"], info["episode_success"])
             terminated |= term & alive
             truncated |= trunc & alive
             alive &= ~ended

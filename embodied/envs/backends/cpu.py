@@ -78,6 +78,12 @@ class CpuBatchBackend:
             self._views[key] = view
         return view
 
+    def timestep(self) -> torch.Tensor | float:
+        """Each env's physics timestep [N] once domain randomisation made it per-env, else
+        the model's (tasks that differentiate positions divide by it times frame_skip)."""
+        view = self._views.get("model.opt.timestep")
+        return float(self.model.opt.timestep) if view is None else view.reshape(-1)
+
     @staticmethod
     def needs_set_const(name: str) -> bool:
         """Whether constants derived by mj_setConst (subtree masses, inverse weights, ...)

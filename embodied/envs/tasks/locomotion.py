@@ -43,6 +43,13 @@ class _Locomotion(Task):
         self._qpos0 = torch.as_tensor(sim.model.qpos0, dtype=torch.float64, device=sim.device)
         self._dt = float(sim.model.opt.timestep) * self.frame_skip
 
+    def _control_dt(self, sim: Any) -> torch.Tensor | float:
+        """Seconds per env step: per env when domain randomisation varies the timestep
+        (velocities differentiated with the nominal dt would pay some envs more)."""
+        timestep = sim.timestep() if hasattr(sim, "timestep") else None
+        return self._dt if timestep is None or isinstance(timestep, float) \
+            else timestep * self.frame_skip
+
     def reset(self, sim: Any, ids: torch.Tensor, generator: torch.Generator) -> None:
         n, s = len(ids), self.reset_noise_scale
         nq, nv = sim.model.nq, sim.model.nv
@@ -59,7 +66,7 @@ class _Locomotion(Task):
         return sim.field("qpos")[:, 0].clone()
 
     def forward_velocity(self, sim: Any, x_before: torch.Tensor) -> torch.Tensor:
-        return (sim.field("qpos")[:, 0] - x_before) / self._dt
+        return (sim.field("qpos")[:, 0] - x_before) / self._control_dt(sim)
 
     def success(self, sim: Any) -> torch.Tensor:
         return sim.field("qpos")[:, 0] >= self.success_distance
@@ -218,7 +225,7 @@ class Ant(_Locomotion):
         return sim.field("xpos")[:, self._torso, 0].clone()
 
     def forward_velocity(self, sim: Any, x_before: torch.Tensor) -> torch.Tensor:
-        return (sim.field("xpos")[:, self._torso, 0] - x_before) / self._dt
+        return (sim.field("xpos")[:, self._torso, 0] - x_before) / self._control_dt(sim)
 
     def is_healthy(self, sim: Any) -> torch.Tensor:
         qpos, qvel = sim.field("qpos"), sim.field("qvel")
