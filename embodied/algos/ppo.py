@@ -189,9 +189,6 @@ class PPOUpdate:
             return adv.expand_as(ro.rewards), ro.episode_returns.expand_as(ro.rewards)
         return gae(ro.rewards, ro.values, ro.next_values, ro.episode_end, cfg.gamma, cfg.lam)
 
-    def features(self, obs: Obs) -> torch.Tensor:
-        features = self.policy.encode(obs)
-        return features.detach() if self.cfg.critic_detach_features else features
 
     def __call__(self, ro: Rollout, iteration: int) -> dict[str, float]:
         cfg = self.cfg
@@ -224,7 +221,10 @@ class PPOUpdate:
             for start in range(0, total, cfg.minibatch_size):
                 idx = order[start:start + cfg.minibatch_size]
                 mb_obs, chain = index_obs(obs, idx), all_chains.index(idx)
-                new_lp, log_std = self.policy.score_steps(mb_obs, chain, self.first_trained)
+                # One encoder pass per minibatch, shared by the policy terms and the critic.
+                cond = self.policy.encode(mb_obs)
+                new_lp, log_std = self.policy.score_steps(mb_obs, chain, self.first_trained,
+                                                          cond=cond)
                 policy_loss, log_ratio, clip = self.ratio.loss(new_lp, old_lp[idx], adv[idx])
                 if first:
                     self._check_first_ratio(log_ratio)
@@ -232,7 +232,7 @@ class PPOUpdate:
                 entropy = log_std.mean()  # + a constant: the Gaussian entropy per dim
                 loss = (policy_loss - cfg.entropy_coef * entropy
                         + self._bc_loss(mb_obs, chain))
-                values = self.critic(self.features(mb_obs))
+                values = self.critic(cond.detach() if cfg.critic_detach_features else cond)
                 v_loss = value_loss(values, returns[idx], old_values[idx], cfg.value_clip,
                                     1.0 if cfg.value_loss == "huber" else None)
                 if not (torch.isfinite(loss) and torch.isfinite(v_loss)):

@@ -200,11 +200,13 @@ class ChunkPolicy(nn.Module):
         with the current weights."""
         return self.score_steps(obs, chain, first)[0]
 
-    def score_steps(self, obs: Obs | torch.Tensor, chain: Chain,
-                    first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def score_steps(self, obs: Obs | torch.Tensor, chain: Chain, first: int = 0,
+                    cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-densities, mean log-std) [B, K - first] of steps first..K-1 of a stored chain;
-        the log-std is the per-step exploration noise (entropy bonus, diagnostics)."""
-        cond = self.encode(obs)
+        the log-std is the per-step exploration noise (entropy bonus, diagnostics).
+        `cond`: `encode(obs)` if the caller has it already (the PPO update shares it with
+        the critic, so an image encoder runs once per minibatch)."""
+        cond = self.encode(obs) if cond is None else cond
         if self.sampler is None:
             mean, log_std = self.gaussian(cond)
             x = chain.states[:, 1].flatten(1)

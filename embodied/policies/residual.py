@@ -100,9 +100,9 @@ class ResidualPolicy(nn.Module):
             features = self.base.encode(obs).to(self.dtype)
         return torch.cat([norm, features], -1)
 
-    def _dist(self, obs, base_action):
-        mean, log_std = self.residual(torch.cat([self.encode(obs), base_action], -1))
-        return mean, log_std
+    def _dist(self, obs, base_action, features=None):
+        features = self.encode(obs) if features is None else features
+        return self.residual(torch.cat([features, base_action], -1))
 
     def sample(self, obs, generator: torch.Generator | None = None,
                deterministic: bool = False) -> tuple[torch.Tensor, Chain]:
@@ -124,9 +124,9 @@ class ResidualPolicy(nn.Module):
             deterministic: bool = True) -> torch.Tensor:
         return self.sample(obs, generator=generator, deterministic=deterministic)[0]
 
-    def score_steps(self, obs, chain: Chain, first: int = 0):
+    def score_steps(self, obs, chain: Chain, first: int = 0, cond=None):
         base_action, u = chain.states[:, 0, 0], chain.states[:, 1, 0]
-        mean, log_std = self._dist(obs, base_action)
+        mean, log_std = self._dist(obs, base_action, cond)
         return (gaussian_log_prob(u, mean, log_std.exp())[:, None],
                 log_std.mean(-1, keepdim=True))
 
