@@ -63,6 +63,7 @@ def test_the_old_bridge_name_still_imports_with_a_warning():
     with pytest.warns(DeprecationWarning, match="embodied.sim2real"):
         bridge = importlib.import_module("embodied.bridge")
     from embodied.bridge.robot import BridgeRobot
+
     from embodied.sim2real import make_transport
     from embodied.sim2real.robot import BridgeRobot as NewBridgeRobot
 
