@@ -18,7 +18,7 @@ commands:
   eval      success rate of a saved policy in batched envs (+ video)
   finetune  RL fine-tuning of a pretrained policy (ReinFlow, Flow-Noise, Flow-SDE, DPPO,
             ResiP, GRPO) or the Gaussian PPO baseline
-  quickstart  fine-tune the shipped pick_place base with Flow-SDE (~6 min on 2 cores)
+  quickstart  fine-tune the shipped pick_place base with Flow-SDE (7-17 min on 2 cores)
   deploy    run a policy on a robot through the bridge (robot=fake: a dry run, MuJoCo behind it)
   record    record teleoperated robot episodes into a LeRobot v3 dataset
   tasks     list the registered tasks
