@@ -156,3 +156,47 @@ def test_task_options_are_attributes_not_hooks():
     assert make_task("push_cube", reward_type="dense").reward_type == "dense"  # inherited
     with pytest.raises(ConfigError, match="no option 'observe'.*reward_type"):
         make_task("push_cube", observe=3)  # a hook, not an option
+
+
+@pytest.mark.parametrize("task", ["hopper", "ant"])
+def test_batch_without_per_env_data_gives_the_same_rollout(task, monkeypatch):
+    """Locomotion tasks run on a batch with one MjData per thread, not per env (faster):
+    the rollout, auto-resets included, is bit-identical to the per-env batch's."""
+    def rollout():
+        env = make_env(task, num_envs=N)
+        steps = [env.reset(seed=3)["state"]]
+        g = torch.Generator().manual_seed(4)
+        for _ in range(60):
+            obs, reward, terminated, truncated, _ = env.step(random_actions(env, g))
+            steps += [obs["state"], reward, terminated, truncated]
+        return env.sim._batch.persistent, steps
+
+    fast = rollout()
+    monkeypatch.setattr(get_task_class(task), "needs_env_data", True)
+    per_env = rollout()
+    assert not fast[0] and per_env[0]
+    assert all(torch.equal(a, b) for a, b in zip(fast[1], per_env[1], strict=True))
+
+
+@pytest.mark.parametrize("task", ["ant", "pick_place"])
+def test_backend_reset_leaves_what_batch_reset_does(task):
+    env = make_env(task, num_envs=N)
+    env.reset(seed=0)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        env.step(random_actions(env, g))
+    batch, ids = env.sim._batch, np.array([1, 3])
+    env.sim.reset(ids)
+    ours = batch.state[ids].copy()
+    batch.reset(ids=ids, stage=0)
+    np.testing.assert_array_equal(ours, batch.state[ids])
+
+
+def test_mujoco_error_names_the_env():
+    from mujoco.batch import SimulationError
+
+    env = make_env("ant", num_envs=N)
+    env.reset(seed=0)
+    env.sim.model_field("sensor_type")[2] = 999  # an invalid sensor: mj_step raises in env 2
+    with pytest.raises(SimulationError, match=r"simulations \(2\)"):
+        env.step(torch.zeros(N, env.action_dim))

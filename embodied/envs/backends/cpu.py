@@ -18,18 +18,29 @@ from embodied.core.errors import ConfigError
 
 
 class CpuBatchBackend:
-    """`num_envs` simulations of one MjModel on `nthread` threads (0: all cores)."""
+    """`num_envs` simulations of one MjModel on `nthread` threads (0: all cores).
+
+    `persistent` keeps one MjData per env, whose derived fields then outlive the call
+    (get_data) and from whose forward stages the next step continues. Without it one
+    MjData per thread serves every env and stays in cache; the results are the same.
+    """
 
     device = torch.device("cpu")
 
-    def __init__(self, model: mujoco.MjModel, num_envs: int, nthread: int = 0) -> None:
+    def __init__(self, model: mujoco.MjModel, num_envs: int, nthread: int = 0,
+                 persistent: bool = True) -> None:
         if num_envs < 1:
             raise ConfigError(f"num_envs must be >= 1, got {num_envs}")
         self.model = model
         self.num_envs = num_envs
         self.nthread = nthread or os.cpu_count() or 1
-        self._batch = mjbatch.Batch(model, num_envs, nthread=self.nthread, persistent=True)
+        self._batch = mjbatch.Batch(model, num_envs, nthread=self.nthread,
+                                    persistent=persistent)
         self._views: dict[str, torch.Tensor] = {}
+        # The integration state (time, qpos0, zero velocities and warmstart, ctrl, mocap,
+        # ...) mj_resetData gives an env; reset() writes it into the envs' state rows.
+        self._batch.reset(stage=int(mujoco.mjtStage.mjSTAGE_NONE))
+        self._initial_state = self._batch.state[0].copy()
 
     def field(self, name: str) -> torch.Tensor:
         """Live (num_envs, ...) tensor over an MjData field (float64 for mjtNum fields).
@@ -49,16 +60,23 @@ class CpuBatchBackend:
         return view
 
     def step(self, nstep: int, stage: int = int(mujoco.mjtStage.mjSTAGE_NONE)) -> None:
+        """nstep substeps of every env, then `stage`. A failure raises
+        mujoco.batch.SimulationError naming the envs (Batch checks every call itself)."""
         self._batch.step(nstep=nstep, stage=stage)
-        self._raise_on_error()
 
     def reset(self, ids: np.ndarray) -> None:
-        """Reset `ids` to the model defaults without computing anything (write state next)."""
-        self._batch.reset(ids=ids, stage=int(mujoco.mjtStage.mjSTAGE_NONE))
+        """Reset `ids` to the model defaults without computing anything (write state next).
+
+        Only the state rows are written: a call loads an env's row, so this leaves what
+        Batch.reset does, without its per-call checks and mj_resetData clearing the env's
+        whole MjData (hundreds of KB, cold after a step), which together cost more than the
+        reset's forward pass. The defaults are the nominal model's: randomising qpos0 or a
+        mocap body's pose per env would need Batch.reset.
+        """
+        self._batch.state[ids] = self._initial_state
 
     def forward(self, ids: np.ndarray | None = None) -> None:
         self._batch.forward(ids=ids)
-        self._raise_on_error()
 
     def model_field(self, name: str) -> torch.Tensor:
         """Live, writable (num_envs, ...) tensor of per-env values of a model field, e.g.
@@ -93,7 +111,6 @@ class CpuBatchBackend:
     def set_const(self, ids: torch.Tensor | np.ndarray) -> None:
         """Recompute the derived constants of envs `ids` from their model fields."""
         self._batch.set_const(np.asarray(torch.as_tensor(ids).cpu(), dtype=np.int64))
-        self._raise_on_error()
 
     def get_data(self, env: int, data: mujoco.MjData | None = None) -> mujoco.MjData:
         """One env's MjData copied into `data` (or a new one), e.g. to render it."""
@@ -101,11 +118,3 @@ class CpuBatchBackend:
 
     def get_model(self, env: int) -> mujoco.MjModel:
         return self._batch.get_model(env)
-
-    def _raise_on_error(self) -> None:
-        status = getattr(self._batch, "status", None)
-        if status is None:
-            return
-        bad = np.flatnonzero(np.asarray(status))
-        if bad.size:
-            raise RuntimeError(f"MuJoCo failed in env {bad[0]}: {self._batch.error(int(bad[0]))}")

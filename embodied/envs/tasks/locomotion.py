@@ -39,9 +39,19 @@ class _Locomotion(Task):
     def build_model(self) -> mujoco.MjModel:
         return mujoco.MjModel.from_xml_path(str(GYM_ASSETS / self.xml_file))
 
+    @property
+    def needs_env_data(self) -> bool:
+        """Whether a hook reads an env's derived fields after the call that computed them
+        (get_data, stages a step continues from), so that the backend keeps one MjData per
+        env. The locomotion tasks read state fields and outputs they bind in setup."""
+        return False
+
     def setup(self, sim: Any) -> None:
         self._qpos0 = torch.as_tensor(sim.model.qpos0, dtype=torch.float64, device=sim.device)
         self._dt = float(sim.model.opt.timestep) * self.frame_skip
+        # Live views read every step, sliced once: each slice is a torch call, and after a
+        # batch step has evicted the caches a torch call costs several times its warm time.
+        self._x = sim.field("qpos")[:, 0]
 
     def _control_dt(self, sim: Any) -> torch.Tensor | float:
         """Seconds per env step: per env when domain randomisation varies the timestep
@@ -63,13 +73,13 @@ class _Locomotion(Task):
         sim.field("qvel")[ids] = qvel
 
     def before_step(self, sim: Any) -> torch.Tensor:
-        return sim.field("qpos")[:, 0].clone()
+        return self._x.clone()
 
     def forward_velocity(self, sim: Any, x_before: torch.Tensor) -> torch.Tensor:
-        return (sim.field("qpos")[:, 0] - x_before) / self._control_dt(sim)
+        return (self._x - x_before) / self._control_dt(sim)
 
     def success(self, sim: Any) -> torch.Tensor:
-        return sim.field("qpos")[:, 0] >= self.success_distance
+        return self._x >= self.success_distance
 
     def ctrl_cost(self, action: torch.Tensor) -> torch.Tensor:
         return self.ctrl_cost_weight * action.square().sum(-1)
@@ -191,24 +201,37 @@ class Ant(_Locomotion):
             )
         return spec.compile()
 
+    @property
+    def needs_env_data(self) -> bool:
+        return self.contact_forces == "gymnasium"  # mj_rnePostConstraint on each env's MjData
+
     def setup(self, sim: Any) -> None:
         super().setup(sim)
         self._torso = 1
+        # Live views, sliced once as self._x, and outputs bound before the first call:
+        # without per-env MjData a call fills only the outputs bound before it.
+        self._torso_x = sim.field("xpos")[:, self._torso, 0]
+        self._cfrc_ext = sim.field("cfrc_ext")
+        self._z, self._qpos_no_xy = sim.field("qpos")[:, 2], sim.field("qpos")[:, 2:]
         self._scratch = mujoco.MjData(sim.model)
         self._cfrc = torch.zeros((sim.num_envs, sim.model.nbody, 6), dtype=torch.float64)
 
     def _contact_forces(self, sim: Any) -> torch.Tensor:
         if self.contact_forces == "in_step":
-            return sim.field("cfrc_ext").clamp(-1.0, 1.0)
+            return self._cfrc_ext.clamp(-1.0, 1.0)
         return self._cfrc.clamp(-1.0, 1.0)
 
     def after_step(self, sim: Any) -> None:
         if self.contact_forces == "gymnasium":
             self._post_constraint_forces(sim, range(sim.num_envs))
+        # observe, reward and terminated all read these: compute them once per step.
+        self._contact = self._contact_forces(sim)
+        self._healthy = self.is_healthy(sim)
 
     def after_reset(self, sim: Any, ids: torch.Tensor) -> None:
         if self.contact_forces == "gymnasium":
             self._post_constraint_forces(sim, ids.tolist())
+        self._contact = self._contact_forces(sim)  # the reset envs' first observation
 
     def _post_constraint_forces(self, sim: Any, envs: Any) -> None:
         data, model, out = self._scratch, sim.model, self._cfrc.numpy()
@@ -218,26 +241,25 @@ class Ant(_Locomotion):
             out[i] = data.cfrc_ext
 
     def observe(self, sim: Any) -> torch.Tensor:
-        contact = self._contact_forces(sim)[:, 1:].flatten(1)
-        return torch.cat([sim.field("qpos")[:, 2:], sim.field("qvel"), contact], dim=-1)
+        contact = self._contact[:, 1:].flatten(1)
+        return torch.cat([self._qpos_no_xy, sim.field("qvel"), contact], dim=-1)
 
     def before_step(self, sim: Any) -> torch.Tensor:
-        return sim.field("xpos")[:, self._torso, 0].clone()
+        return self._torso_x.clone()
 
     def forward_velocity(self, sim: Any, x_before: torch.Tensor) -> torch.Tensor:
-        return (sim.field("xpos")[:, self._torso, 0] - x_before) / self._control_dt(sim)
+        return (self._torso_x - x_before) / self._control_dt(sim)
 
     def is_healthy(self, sim: Any) -> torch.Tensor:
-        qpos, qvel = sim.field("qpos"), sim.field("qvel")
-        finite = torch.isfinite(qpos).all(-1) & torch.isfinite(qvel).all(-1)
-        z = qpos[:, 2]
+        finite = torch.isfinite(torch.cat([sim.field("qpos"), sim.field("qvel")], dim=-1)).all(-1)
+        z = self._z
         return finite & (self.healthy_z_range[0] <= z) & (z <= self.healthy_z_range[1])
 
     def reward(self, sim: Any, action: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
         forward = self.forward_reward_weight * self.forward_velocity(sim, before)
-        contact_cost = self.contact_cost_weight * self._contact_forces(sim).square().sum((-1, -2))
-        healthy = self.healthy_reward * self.is_healthy(sim)
+        contact_cost = self.contact_cost_weight * self._contact.square().sum((-1, -2))
+        healthy = self.healthy_reward * self._healthy
         return forward + healthy - self.ctrl_cost(action) - contact_cost
 
     def terminated(self, sim: Any) -> torch.Tensor:
-        return ~self.is_healthy(sim)
+        return ~self._healthy
