@@ -20,7 +20,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self._postfix: dict[str, Any] = {}
         self._start = self._last = time.monotonic()
-        self._start_n = initial
+        self._rate_from: tuple[float, int] | None = None  # (time, n) the rate counts from
         self._bar = None
         if enabled and self.stream.isatty():
             from tqdm import tqdm
@@ -29,6 +29,8 @@ class Progress:
                              file=self.stream)
 
     def update(self, n: int = 1) -> None:
+        if self._rate_from is None:  # the first item carries start-up costs (an
+            self._rate_from = (time.monotonic(), self.n + n)  # evaluation): not in the rate
         self.n += n
         if self._bar is not None:
             self._bar.update(n)
@@ -53,9 +55,11 @@ class Progress:
             self._bar.close()
 
     def line(self) -> str:
-        elapsed = time.monotonic() - self._start
-        done = self.n - self._start_n
-        left = (self.total - self.n) * elapsed / done if done > 0 else float("nan")
+        now = time.monotonic()
+        elapsed = now - self._start
+        since, first = self._rate_from or (now, self.n)
+        done = self.n - first
+        left = (self.total - self.n) * (now - since) / done if done > 0 else float("nan")
         extra = "".join(f" {k}={v}" for k, v in self._postfix.items())
         percent = 100 * self.n / self.total if self.total else 100.0
         return (f"{self.desc} {self.n}/{self.total} {self.unit} ({percent:.0f}%), "
