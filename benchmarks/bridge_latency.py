@@ -9,17 +9,22 @@ publish -> echo's callback -> echo's publish -> our callback, timed with perf_co
 so it includes CDR or JSON encoding and decoding on both sides. Requests go one at a time.
   zenoh      our session listens on a free loopback port, the echo connects (rmw_zenoh format)
   rosbridge  our stand-in rosbridge server in a third process, roslibpy clients on both sides
+  ros2       rclpy nodes over Fast DDS (extra `ros2`; skipped when it is not installed). Run
+             the benchmark inside a loopback-only network namespace, as DDS discovery
+             multicasts on every interface: unshare -n bash -c 'ip link set lo up; python ...'
 
 Control loop (`--loop-seconds`, default 10): `embodied deploy`'s loop against the fake robot
-(push_cube, a separate process, at 50 Hz over zenoh, one long episode): the chunk executor
+(push_cube, a separate process, at 50 Hz over zenoh, and over ros2 when installed, one long
+episode): the chunk executor
 sends one action per 20 ms period from its thread while the shipped push_cube base policy
 (a few ms per chunk on one thread: inference fits in the period) replans every 3 steps
 from the latest observation. Reported: wake-up jitter (wake time - deadline) p50/p99/max,
 deadline misses (a period that ended after the next deadline), and inference time.
 
 The last line is JSON with `zenoh_p50_ms`, `zenoh_p99_ms`, `rosbridge_p50_ms`,
-`rosbridge_p99_ms`, `deadline_misses_50hz`, `jitter_50hz_p50_ms`, `jitter_50hz_p99_ms`,
-`inference_p99_ms` and `loop_steps_50hz`.
+`rosbridge_p99_ms`, `ros2_p50_ms`, `ros2_p99_ms` (null without the extra),
+`deadline_misses_50hz`, `jitter_50hz_p50_ms`, `jitter_50hz_p99_ms`, `inference_p99_ms` and
+`loop_steps_50hz` (zenoh), and the same loop figures prefixed `ros2_` over ros2.
 Targets: zenoh p99 round trip under 5 ms; no deadline misses at 50 Hz.
 """
 
@@ -97,6 +102,27 @@ def bench_rosbridge(n: int, warmup: int) -> np.ndarray:
                 return round_trips(ours, n, warmup)
 
 
+def ros2_available() -> bool:
+    from embodied.sim2real.ros2_transport import ensure_library_path
+
+    ensure_library_path()  # before rclpy loads, here and in the echo child
+    try:
+        import rclpy  # noqa: F401
+    except ImportError as exc:
+        print(f"ros2 skipped: {exc}; pip install 'embodied[ros2]'")
+        return False
+    return True
+
+
+def bench_ros2(n: int, warmup: int) -> np.ndarray:
+    domain = 1 + free_port() % 100  # a domain of its own on this machine
+    roles = {"obs": "sensor", "cmd": "command"}
+    with make_transport("ros2", domain_id=domain, node_name="bench", roles=roles) as ours:
+        with Child("embodied.sim2real.transport", ["--kind", "ros2", "--domain-id",
+                                                   str(domain)], "ready", timeout=30.0):
+            return round_trips(ours, n, warmup)
+
+
 class TimedPolicy:
     """A policy whose `act` calls are timed (ms), to show that inference fits the period."""
 
@@ -113,8 +139,10 @@ class TimedPolicy:
         self.policy.reset(num_envs)
 
 
-def measure_control_loop_jitter(seconds: float = 10.0, rate_hz: float = 50.0) -> dict[str, Any]:
-    """The deploy loop on the fake robot over zenoh for `seconds`; executor stats + inference."""
+def measure_control_loop_jitter(seconds: float = 10.0, rate_hz: float = 50.0,
+                                transport: str = "zenoh") -> dict[str, Any]:
+    """The deploy loop on the fake robot over `transport` for `seconds`; executor stats +
+    inference."""
     import torch
     import yaml
 
@@ -130,7 +158,7 @@ def measure_control_loop_jitter(seconds: float = 10.0, rate_hz: float = 50.0) ->
     options = {"max_episode_steps": int(seconds * rate_hz), "terminate_on_success": False}
     policy = TimedPolicy(load_policy(ASSETS_DIR / "base" / "push_cube_flow").eval())
     try:
-        with open_robot(robot_cfg, "zenoh", "push_cube", rate_hz=rate_hz,
+        with open_robot(robot_cfg, transport, "push_cube", rate_hz=rate_hz,
                         task_options=options) as robot:
             env = RobotEnv(robot, "push_cube", options)
             result = run_policy_episode(env, policy, rate_hz=rate_hz, seed=0)
@@ -151,14 +179,21 @@ def main() -> None:
                    help="length of the 50 Hz control-loop run (0: skip it)")
     args = p.parse_args()
 
+    with_ros2 = ros2_available()
     results = {"zenoh": bench_zenoh(args.n, args.warmup),
                "rosbridge": bench_rosbridge(args.n, args.warmup)}
-    loop = measure_control_loop_jitter(args.loop_seconds) if args.loop_seconds > 0 else None
+    if with_ros2:
+        results["ros2"] = bench_ros2(args.n, args.warmup)
+    loops = {}
+    for transport in ("zenoh", "ros2") if with_ros2 else ("zenoh",):
+        if args.loop_seconds > 0:
+            loops[transport] = measure_control_loop_jitter(args.loop_seconds,
+                                                           transport=transport)
 
     print(f"observation (JointState, {len(JOINTS)} joints) -> command (Float64MultiArray) "
           f"round trip, {args.n} after {args.warmup} warm-up, loopback, separate processes")
     print(f"{'transport':<10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {"ros2_p50_ms": None, "ros2_p99_ms": None}
     for name, t in results.items():
         p50, p90, p99 = np.percentile(t, [50, 90, 99])
         print(f"{name:<10} {p50:8.3f} {p90:8.3f} {p99:8.3f} {t.max():8.3f}")
@@ -167,10 +202,10 @@ def main() -> None:
     target = "met" if summary["zenoh_p99_ms"] < 5.0 else "MISSED"
     print(f"target zenoh p99 < 5 ms: {target}")
     summary["deadline_misses_50hz"] = None
-    if loop is not None:
-        print(f"\ncontrol loop at 50 Hz over zenoh, fake robot (push_cube) in another process, "
-              f"{loop['executor_steps']} periods ({loop['seconds']:.1f} s), push_cube base "
-              f"policy replanning every 3 steps ({loop['inference_calls']} calls)")
+    for transport, loop in loops.items():
+        print(f"\ncontrol loop at 50 Hz over {transport}, fake robot (push_cube) in another "
+              f"process, {loop['executor_steps']} periods ({loop['seconds']:.1f} s), push_cube "
+              f"base policy replanning every 3 steps ({loop['inference_calls']} calls)")
         print(f"{'jitter p50 ms':>14} {'p99 ms':>8} {'max ms':>8} {'misses':>7} {'starved':>8} "
               f"{'infer p50':>10} {'infer p99':>10}")
         print(f"{loop['jitter_ms_p50']:14.3f} {loop['jitter_ms_p99']:8.3f} "
@@ -180,11 +215,12 @@ def main() -> None:
         verdict = "met" if loop["deadline_misses"] == 0 else "MISSED"
         print(f"target no deadline misses at 50 Hz (inference p99 "
               f"{'fits' if fits else 'does NOT fit'} in the 20 ms period): {verdict}")
-        summary.update(deadline_misses_50hz=int(loop["deadline_misses"]),
-                       jitter_50hz_p50_ms=loop["jitter_ms_p50"],
-                       jitter_50hz_p99_ms=loop["jitter_ms_p99"],
-                       inference_p99_ms=round(loop["inference_ms_p99"], 3),
-                       loop_steps_50hz=int(loop["executor_steps"]))
+        prefix = "" if transport == "zenoh" else f"{transport}_"
+        summary.update({f"{prefix}deadline_misses_50hz": int(loop["deadline_misses"]),
+                        f"{prefix}jitter_50hz_p50_ms": loop["jitter_ms_p50"],
+                        f"{prefix}jitter_50hz_p99_ms": loop["jitter_ms_p99"],
+                        f"{prefix}inference_p99_ms": round(loop["inference_ms_p99"], 3),
+                        f"{prefix}loop_steps_50hz": int(loop["executor_steps"])})
     print(json.dumps(summary))
 
 

@@ -3,6 +3,7 @@ PPO update; evaluation excluded) against the raw env at the same number of envs.
 
     python benchmarks/loop_throughput.py [--task pick_place] [--num-envs 64]
                                          [--algo flow_sde] [--iterations 8]
+                                         [--set FIELD=VALUE ...]
 
 Runs the quickstart's algorithm (flow_sde on the shipped `<task>_flow` base, the code path
 of `embodied finetune`) for --iterations after one warm-up iteration, and measures in the
@@ -25,6 +26,7 @@ import tempfile
 import time
 
 import torch
+import yaml
 from finetune import policy_action_throughput, raw_env_throughput  # benchmarks/finetune.py
 
 from embodied.algos import make_finetune
@@ -38,7 +40,15 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=64)
     parser.add_argument("--algo", default="flow_sde")
     parser.add_argument("--iterations", type=int, default=8)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override an algorithm config field (YAML value), repeatable")
     args = parser.parse_args()
+    overrides = {}
+    for item in args.set:
+        field, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set takes FIELD=VALUE, got {item!r}")
+        overrides[field] = yaml.safe_load(value)
     os.environ.setdefault("MUJOCO_GL", "egl")
     torch.set_num_threads(2)  # as `embodied finetune` (torch_threads: 2)
 
@@ -46,7 +56,7 @@ def main() -> None:
     replay = [policy_action_throughput(args.task, args.num_envs, decisions=40)]
     base = ChunkPolicy.from_pretrained(ASSETS_DIR / "base" / f"{args.task}_flow")
     settings = {"num_envs": args.num_envs, "eval_every": 0, "video": False,
-                "iterations": args.iterations + 1}
+                "iterations": args.iterations + 1, **overrides}
     algo = make_finetune(args.algo, base, args.task, settings, tempfile.mkdtemp())
     algo.restart(0)
     algo.iterate(0)  # warm-up: first-call allocations
@@ -69,6 +79,7 @@ def main() -> None:
     print("shares of an iteration: " + ", ".join(f"{k[6:]} {v:.0%}" for k, v in shares.items()))
     print(json.dumps({
         "task": args.task, "num_envs": args.num_envs, "algorithm": args.algo,
+        "overrides": overrides,
         "iterations": args.iterations, "loop_env_steps_per_s": round(loop),
         "raw_env_steps_per_s": round(raw_mean), "policy_action_steps_per_s": round(replay_mean),
         "loop_over_env_throughput": round(loop / raw_mean, 3),

@@ -308,3 +308,16 @@ def test_finetune_steps_outside_dppo_is_an_error_not_ignored(tmp_path):
 
     with pytest.raises(ConfigError, match="algo=dppo"):
         make_algo("flow", "learned_noise", 4, tmp_path, "reinflow", finetune_steps=2)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"actor_lr": "3e-5"}, "actor_lr must be float or int, got '3e-5' .*with a dot"),
+    ({"epochs": 2.5}, "epochs must be int, got 2.5"),
+    ({"video": 1}, "video must be bool"),
+    ({"epochs": True}, "epochs must be int, got True"),
+])
+def test_a_setting_of_the_wrong_type_is_a_config_error_naming_it(settings, message, tmp_path):
+    from embodied.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        make_finetune("flow_sde", None, "reach", settings, tmp_path)

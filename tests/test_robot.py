@@ -367,7 +367,9 @@ def test_episode_latency_is_not_negative():
         env = RobotEnv(robot, "push_cube", options)
         policy = StubPolicy(lambda obs: torch.zeros(1, 4, 4))  # instant: before the deadline
         result = run_policy_episode(env, policy, rate_hz=100.0, seed=0)
-    assert result["sent"] > 0 and result["steps"] == 10
+    # The fake robot's 10-step episode runs on its own real-time clock: on a loaded host it
+    # can end before the loop's tenth step, so the count is not the point here.
+    assert result["sent"] > 0 and 1 <= result["steps"] <= 10
     assert 0 <= result["latency_ms_p50"] <= result["latency_ms_p99"]
 
 

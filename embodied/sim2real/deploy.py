@@ -42,7 +42,8 @@ from embodied.sim2real.transport import make_transport
 logger = logging.getLogger(__name__)
 
 TRANSPORT_KEYS = {"zenoh": ("connect", "listen", "domain_id", "mode"),
-                  "rosbridge": ("host", "port", "type_style")}
+                  "rosbridge": ("host", "port", "type_style"),
+                  "ros2": ("domain_id", "node_name")}
 
 
 class InterventionLog:
@@ -83,6 +84,8 @@ def open_robot(robot_cfg: dict[str, Any], transport: str, task: str, *,
         else:
             given = dict(robot_cfg.get(transport) or {})
             options = {k: v for k, v in given.items() if k in TRANSPORT_KEYS[transport]}
+        if transport == "ros2":  # QoS by role: both sides derive it from the topic map
+            options["roles"] = topics.qos_roles()
         robot = BridgeRobot(make_transport(transport, **options), topics,
                             robot_cfg.get("safety"),
                             disconnect_after_s=float(robot_cfg.get("disconnect_after_s", 0.5)),

@@ -58,6 +58,9 @@ STATUS_TOPIC = "/embodied/status"
 COMMAND_TOPIC, COMMAND_TYPE = "/embodied/command", "std_msgs/msg/Float64MultiArray"
 TRAJECTORY_TOPIC, TRAJECTORY_TYPE = "/embodied/trajectory", "trajectory_msgs/msg/JointTrajectory"
 RESET_TOPIC = "/embodied/reset"
+# QoS roles over ros2, as configs/robot/fake.yaml's topic map gives them to the other side.
+QOS_ROLES = {STATE_TOPIC: "sensor", JOINTS_TOPIC: "sensor", STATUS_TOPIC: "latched",
+             COMMAND_TOPIC: "command", TRAJECTORY_TOPIC: "command", RESET_TOPIC: "command"}
 
 
 class _Outbox:
@@ -293,10 +296,10 @@ def _option(text: str) -> tuple[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--task", default="push_cube")
-    p.add_argument("--transport", choices=("zenoh", "rosbridge"), default="zenoh")
+    p.add_argument("--transport", choices=("zenoh", "rosbridge", "ros2"), default="zenoh")
     p.add_argument("--listen", action="append", help="zenoh endpoint to listen on")
     p.add_argument("--connect", action="append", help="zenoh endpoint to connect to")
-    p.add_argument("--domain-id", type=int, default=0)
+    p.add_argument("--domain-id", type=int, default=0, help="zenoh or ROS 2 (DDS) domain")
     p.add_argument("--host", default="127.0.0.1", help="rosbridge server host")
     p.add_argument("--port", type=int, default=9090, help="rosbridge server port")
     p.add_argument("--rate", type=float, default=None, help="Hz; default 1/dt (real time)")
@@ -315,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.transport == "zenoh":
         options = {"listen": args.listen, "connect": args.connect or [],
                    "domain_id": args.domain_id, "node_name": "fake_robot"}
+    elif args.transport == "ros2":
+        options = {"domain_id": args.domain_id, "node_name": "fake_robot", "roles": QOS_ROLES}
     else:
         options = {"host": args.host, "port": args.port}
     stop = threading.Event()

@@ -8,6 +8,7 @@ then terminates, then kills.
 from __future__ import annotations
 
 import json
+import random
 import select
 import socket
 import subprocess
@@ -116,5 +117,15 @@ def fake_robot(kind: str, timeout: float = 60.0, **settings: Any) -> Iterator[di
                                       ["--transport", "rosbridge", "--port", port, *args],
                                       "ready", timeout))
             yield {"host": "127.0.0.1", "port": int(port)}
+        elif kind == "ros2":
+            from embodied.sim2real.ros2_transport import ensure_library_path
+
+            ensure_library_path()  # the child inherits it before its rclpy loads
+            # A domain of its own, so concurrent dry runs on one machine never meet.
+            domain = random.SystemRandom().randrange(1, 101)
+            stack.enter_context(Child("embodied.sim2real.fake_robot",
+                                      ["--transport", "ros2", "--domain-id", str(domain),
+                                       *args], "ready", timeout))
+            yield {"domain_id": domain, "node_name": "embodied_deploy"}
         else:
-            raise ValueError(f"the fake robot runs over zenoh or rosbridge, not {kind!r}")
+            raise ValueError(f"the fake robot runs over zenoh, rosbridge or ros2, not {kind!r}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import difflib
+import struct
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
@@ -31,6 +32,7 @@ import numpy as np
 
 try:
     from rosbags.interfaces import Nodetype
+    from rosbags.serde import SerdeError
     from rosbags.typesys import Stores, get_typestore
 except ImportError as exc:  # pragma: no cover - depends on the optional extra
     raise ImportError("rosbags not installed: pip install 'embodied[bridge]'") from exc
@@ -92,9 +94,25 @@ def encode(type_name: str, data: dict[str, Any]) -> bytes:
 
 
 def decode(type_name: str, payload: bytes | memoryview) -> dict[str, Any]:
-    """CDR bytes -> dict."""
+    """CDR bytes -> dict.
+
+    Bytes after the message are ignored: Fast DDS (rclpy's serialize_message, DDS samples)
+    can end a message with more padding than the 0-3 bytes rosbags' own check allows (a
+    JointState came with 4), so the message is parsed with rosbags' deserializer and its
+    end-of-buffer check left out. A truncated or malformed message is still an error.
+    """
     name = normalize_type(type_name)
-    return _to_dict(TYPESTORE.deserialize_cdr(payload, name))
+    raw = memoryview(payload)
+    if len(raw) < 4 or bytes(raw[:2]) not in (b"\x00\x00", b"\x00\x01"):
+        raise SerdeError(f"{name}: not CDR (its 4-byte encapsulation header is missing or "
+                         "unsupported)")
+    msgdef = TYPESTORE.get_msgdef(name)
+    parse = msgdef.deserialize_cdr_le if raw[1] else msgdef.deserialize_cdr_be
+    try:
+        message, _ = parse(raw[4:], 0, msgdef.cls, TYPESTORE)
+    except (struct.error, UnicodeDecodeError, ValueError, IndexError) as exc:
+        raise SerdeError(f"could not decode a {name} message: {exc}") from exc
+    return _to_dict(message)
 
 
 def normalize(type_name: str, data: dict[str, Any], *, strict: bool = True) -> dict[str, Any]:

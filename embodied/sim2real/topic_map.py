@@ -278,6 +278,18 @@ class TopicMap:
                    None if d.get("reset") is None else str(d["reset"]),
                    None if d.get("status") is None else str(d["status"]), ee)
 
+    def qos_roles(self) -> dict[str, str]:
+        """{topic: QoS role} for transports with QoS (ros2): observations "sensor", action
+        and reset "command", e-stop and status "latched" (a late joiner sees the last one)."""
+        roles = {s.topic: "sensor" for f in self.observations.values() for s in f.sources}
+        roles[self.action.topic] = "command"
+        if self.reset is not None:
+            roles[self.reset] = "command"
+        for topic in (self.estop[0] if self.estop else None, self.status):
+            if topic is not None:
+                roles[topic] = "latched"
+        return roles
+
     @classmethod
     def from_yaml(cls, path: str | Path) -> TopicMap:
         """Read the `topics:` section of a robot YAML (or a file that is only that section)."""

@@ -6,6 +6,7 @@ callback(dict, Meta))`. Callbacks run on the transport's own thread; keep them s
 the data to a queue or an executor) since the next message waits for them.
 
     python -m embodied.sim2real.transport --kind zenoh --connect tcp/127.0.0.1:7447
+    python -m embodied.sim2real.transport --kind ros2 --domain-id 0
 
 runs a stand-in controller for dry runs, tests and benchmarks: it answers every JointState
 on `--obs` with a Float64MultiArray of the same positions on `--cmd`.
@@ -39,8 +40,8 @@ class Meta:
     type_name: str
     """`pkg/msg/Type`."""
     seq: int
-    """The publisher's sequence number (zenoh, inproc); rosbridge carries none, so there it
-    counts the messages this subscription received."""
+    """The publisher's sequence number (zenoh, ros2, inproc); rosbridge carries none, so
+    there it counts the messages this subscription received."""
     source_time_ns: int | None
     """Publisher's wall clock (time.time_ns) at send, or the header stamp for rosbridge;
     None when the message had neither."""
@@ -127,14 +128,15 @@ class InProcTransport(Transport):
         self._mine.clear()
 
 
-KINDS = ("inproc", "zenoh", "rosbridge")
+KINDS = ("inproc", "zenoh", "rosbridge", "ros2")
 
 
 def make_transport(kind: str, **options: Any) -> Transport:
     """Build a transport by name; options go to its constructor.
 
     inproc: bus=InProcBus; zenoh: domain_id, mode, connect, listen, node_name;
-    rosbridge: host, port, type_style ("ros2" or "ros1").
+    rosbridge: host, port, type_style ("ros2" or "ros1");
+    ros2: domain_id, node_name, roles ({topic: "sensor" | "command" | "latched"}).
     """
     if kind == "inproc":
         return InProcTransport(**options)
@@ -146,6 +148,10 @@ def make_transport(kind: str, **options: Any) -> Transport:
         from embodied.sim2real.rosbridge import RosbridgeTransport
 
         return RosbridgeTransport(**options)
+    if kind == "ros2":
+        from embodied.sim2real.ros2_transport import Ros2Transport
+
+        return Ros2Transport(**options)
     raise ValueError(f"unknown transport kind {kind!r}; valid kinds are {', '.join(KINDS)}")
 
 
@@ -187,6 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.kind == "zenoh":
         options = {"connect": args.connect, "listen": args.listen, "domain_id": args.domain_id,
                    "node_name": "echo"}
+    elif args.kind == "ros2":
+        options = {"domain_id": args.domain_id, "node_name": "echo",
+                   "roles": {args.obs: "sensor", args.cmd: "command"}}
     else:
         options = {"host": args.host, "port": args.port}
     with make_transport(args.kind, **options) as transport:
