@@ -45,7 +45,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E
 
 from embodied.core.paths import ASSETS_DIR, CONFIGS_DIR  # noqa: E402
 from embodied.sim2real import messages  # noqa: E402
-from embodied.sim2real.launch import fake_robot  # noqa: E402
+from embodied.sim2real.launch import fake_robot, reserved_ros_domain  # noqa: E402
 from embodied.sim2real.robot import BridgeRobot  # noqa: E402
 from embodied.sim2real.robot_env import RobotEnv  # noqa: E402
 from embodied.sim2real.topic_map import TopicMap  # noqa: E402
@@ -66,8 +66,11 @@ def loopback() -> None:
                     "'ip link set lo up; pytest -m ros2'")
 
 
-def _domain() -> int:
-    return 10 + os.getpid() % 90  # one per test process: concurrent runs never meet
+@pytest.fixture
+def domain(loopback) -> int:
+    """A domain id no other test or dry run on this machine holds meanwhile."""
+    with reserved_ros_domain() as reserved:
+        yield reserved
 
 
 def _wait(predicate, seconds: float, what: str, tick=None) -> None:
@@ -194,8 +197,7 @@ def test_a_missing_message_package_names_the_wheel():
 # --- over DDS on loopback ----------------------------------------------------------------------
 
 @pytest.fixture
-def plain_robot(loopback):
-    domain = _domain()
+def plain_robot(domain):
     proc = subprocess.Popen([sys.executable, str(PLAIN_ROBOT), "--domain-id", str(domain)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -235,8 +237,7 @@ def test_the_bridge_drives_a_plain_rclpy_robot_both_ways(plain_robot):
         assert link.qos_incompatibilities == []
 
 
-def test_a_latched_estop_reaches_a_subscriber_that_joins_later(loopback):
-    domain = _domain()
+def test_a_latched_estop_reaches_a_subscriber_that_joins_later(domain):
     with make_transport("ros2", domain_id=domain, node_name="operator") as operator:
         operator.publish("/embodied/estop", "std_msgs/msg/Bool", {"data": True})
         time.sleep(0.5)  # published, and nobody listening yet
@@ -247,16 +248,52 @@ def test_a_latched_estop_reaches_a_subscriber_that_joins_later(loopback):
     assert got == [{"data": True}]
 
 
-def test_an_incompatible_qos_is_reported_not_silent(loopback):
-    domain = _domain()
-    with make_transport("ros2", domain_id=domain, node_name="a") as ours, \
+def test_an_incompatible_qos_is_reported_not_silent(domain):
+    with make_transport("ros2", domain_id=domain, node_name="a",
+                        roles={"/embodied/status": "latched"}) as ours, \
             make_transport("ros2", domain_id=domain, node_name="b",
-                           roles={"/embodied/estop": "command"}) as volatile_peer:
-        ours.subscribe("/embodied/estop", "std_msgs/msg/Bool", lambda d, m: None)
-        volatile_peer.publish("/embodied/estop", "std_msgs/msg/Bool", {"data": True})
+                           roles={"/embodied/status": "command"}) as volatile_peer:
+        ours.subscribe("/embodied/status", "std_msgs/msg/String", lambda d, m: None)
+        volatile_peer.publish("/embodied/status", "std_msgs/msg/String", {"data": "{}"})
         _wait(lambda: ours.qos_incompatibilities, 10, "the QoS incompatibility event")
     assert "DURABILITY" in ours.qos_incompatibilities[0]
-    assert "/embodied/estop" in ours.qos_incompatibilities[0]
+    assert "/embodied/status" in ours.qos_incompatibilities[0]
+
+
+@pytest.mark.parametrize("publisher_role", ["command", "sensor", "estop"])
+def test_an_estop_from_a_publisher_of_any_qos_arrives(domain, publisher_role):
+    # "command" is what `create_publisher(Bool, topic, 10)` gives (reliable, volatile);
+    # "sensor" is best effort; "estop" latched.
+    got = []
+    with make_transport("ros2", domain_id=domain, node_name="bridge") as ours, \
+            make_transport("ros2", domain_id=domain, node_name="button",
+                           roles={"/embodied/estop": publisher_role}) as button:
+        ours.subscribe("/embodied/estop", "std_msgs/msg/Bool", lambda d, m: got.append(d))
+        _wait(lambda: got, 10, "the e-stop", lambda: button.publish(
+            "/embodied/estop", "std_msgs/msg/Bool", {"data": True}))
+    assert got[0] == {"data": True}
+
+
+def test_quick_presses_are_not_overwritten_behind_a_slow_callback(domain):
+    trues: set[int] = set()
+
+    def slow(data, meta):
+        time.sleep(0.01)  # as an observation callback sharing the executor thread might
+        if data["data"]:
+            trues.add(meta.seq)  # both e-stop readers see a message: count it once
+
+    with make_transport("ros2", domain_id=domain, node_name="bridge") as ours, \
+            make_transport("ros2", domain_id=domain, node_name="button") as button:
+        ours.subscribe("/embodied/estop", "std_msgs/msg/Bool", slow)
+        button.publish("/embodied/estop", "std_msgs/msg/Bool", {"data": False})
+        _wait(lambda: ours.node.count_publishers("/embodied/estop") > 0, 10, "discovery")
+        time.sleep(0.5)
+        for _ in range(4):  # press and release 5 ms apart
+            button.publish("/embodied/estop", "std_msgs/msg/Bool", {"data": True})
+            time.sleep(0.005)
+            button.publish("/embodied/estop", "std_msgs/msg/Bool", {"data": False})
+            time.sleep(0.005)
+        _wait(lambda: len(trues) == 4, 10, f"4 presses (got {len(trues)})")
 
 
 FAKE = __import__("yaml").safe_load((CONFIGS_DIR / "robot" / "fake.yaml").read_text())
@@ -295,6 +332,23 @@ def test_safety_rules_over_ros2_estop_stale_and_watchdog(loopback):
         finally:
             operator.close()
             robot.disconnect()
+
+
+def test_an_estop_latched_before_the_bridge_connects_holds_it(loopback):
+    with _fake_robot_link(task_options={"max_episode_steps": 1000}) as link:
+        roles = TOPICS.qos_roles()
+        operator = make_transport("ros2", **{**link, "node_name": "operator"}, roles=roles)
+        robot = BridgeRobot(make_transport("ros2", roles=roles, **link), TOPICS, FAKE["safety"])
+        try:
+            operator.publish("/embodied/estop", "std_msgs/msg/Bool", {"data": True})
+            time.sleep(1.0)  # pressed well before we join
+            robot.connect(20.0)
+            _wait(lambda: robot.safety.state == "estopped", 5, "the latched e-stop")
+            held = robot.send_action(np.array([1.0, 0.0, 0.0, 1.0]))
+            assert held is None or not np.allclose(held, [1.0, 0.0, 0.0, 1.0])
+        finally:
+            robot.disconnect()
+            operator.close()
 
 
 def test_stale_observations_over_ros2_hold_the_robot(loopback):
@@ -345,3 +399,24 @@ def test_record_over_ros2_writes_its_episodes(loopback, tmp_path):
     assert data.num_episodes == 2
     for i in range(2):
         assert 0 < len(data.episode(i)["action"]) <= 12
+
+
+def test_close_from_a_callback_tears_the_node_down(domain):
+    with make_transport("ros2", domain_id=domain, node_name="pub") as pub:
+        link = make_transport("ros2", domain_id=domain, node_name="closer")
+        link.subscribe("/obs", "sensor_msgs/msg/JointState", lambda d, m: link.close())
+        _wait(lambda: not link._context.ok(), 10, "the transport to close itself",
+              lambda: pub.publish("/obs", "sensor_msgs/msg/JointState",
+                                  messages.joint_state(["j"], [0.0])))
+        link._thread.join(5)
+        assert not link._thread.is_alive()
+
+
+def test_exiting_with_a_transport_still_open_does_not_abort(domain):
+    script = ("from embodied.sim2real.transport import make_transport\n"
+              f"t = make_transport('ros2', domain_id={domain}, node_name='left_open')\n"
+              "t.publish('/obs', 'std_msgs/msg/Bool', {'data': True})\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "terminate called" not in result.stderr

@@ -86,7 +86,9 @@ def open_robot(robot_cfg: dict[str, Any], transport: str, task: str, *,
             options = {k: v for k, v in given.items() if k in TRANSPORT_KEYS[transport]}
         if transport == "ros2":  # QoS by role: both sides derive it from the topic map
             options["roles"] = topics.qos_roles()
-        robot = BridgeRobot(make_transport(transport, **options), topics,
+        link = make_transport(transport, **options)
+        stack.callback(link.close)  # also when BridgeRobot refuses its settings
+        robot = BridgeRobot(link, topics,
                             robot_cfg.get("safety"),
                             disconnect_after_s=float(robot_cfg.get("disconnect_after_s", 0.5)),
                             name=str(robot_cfg.get("name", "robot")), safety_log=safety_log,

@@ -7,15 +7,19 @@ then terminates, then kills.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import random
 import select
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 from embodied.core.errors import RobotError
@@ -81,6 +85,40 @@ class Child:
         self.stop()
 
 
+@contextmanager
+def reserved_ros_domain() -> Iterator[int]:
+    """A ROS 2 domain id (1-100) that no other dry run or test on this machine holds for
+    the block: an exclusive lock on a file per id in the temp directory."""
+    ids = list(range(1, 101))
+    random.SystemRandom().shuffle(ids)
+    for domain in ids:
+        handle = open(Path(tempfile.gettempdir()) / f"embodied-ros2-domain-{domain}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        try:
+            yield domain
+        finally:
+            handle.close()  # releases the lock
+        return
+    raise RobotError("every ROS 2 domain id 1-100 is held by another dry run on this machine")
+
+
+@contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """os.environ[name] = value unless already set, for the block (children inherit it)."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
 def fake_robot_args(task: str, rate_hz: float | None = None, seed: int = 0,
                     latency_ms: float = 0.0, drop: float = 0.0,
                     disconnect_after_s: float | None = None, disconnect_for_s: float = 0.0,
@@ -121,8 +159,9 @@ def fake_robot(kind: str, timeout: float = 60.0, **settings: Any) -> Iterator[di
             from embodied.sim2real.ros2_transport import ensure_library_path
 
             ensure_library_path()  # the child inherits it before its rclpy loads
-            # A domain of its own, so concurrent dry runs on one machine never meet.
-            domain = random.SystemRandom().randrange(1, 101)
+            # Discovery on this machine only, in a domain no other dry run here holds.
+            stack.enter_context(_environ("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"))
+            domain = stack.enter_context(reserved_ros_domain())
             stack.enter_context(Child("embodied.sim2real.fake_robot",
                                       ["--transport", "ros2", "--domain-id", str(domain),
                                        *args], "ready", timeout))

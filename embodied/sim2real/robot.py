@@ -206,6 +206,7 @@ class BridgeRobot(Robot):
         self._safety_settings = safety
         self._safety_log = safety_log
         self.safety = safety if isinstance(safety, SafetyLayer) else None
+        self._early_estop: str | None = None  # an e-stop that came before the safety layer
         self._cond = threading.Condition()
         self._publish_lock = threading.Lock()
         self._values: dict[str, list[np.ndarray | None]] = {
@@ -274,15 +275,21 @@ class BridgeRobot(Robot):
         if self.safety is None:
             settings = self._safety_settings if isinstance(self._safety_settings, dict) else None
             try:
-                self.safety = make_safety(settings, dim, log=self._safety_log)
+                layer = make_safety(settings, dim, log=self._safety_log)
             except ConfigError as exc:
                 raise RobotError(
                     f"the safety settings do not fit robot {self.name!r}, which observes "
                     f"{self._shapes} and takes {dim}-dim actions ({exc}). Is it the robot you "
                     "meant (the fake robot: its task)? Else fix the `safety` section") from exc
+            with self._cond:  # from here on e-stop callbacks reach the layer directly
+                self.safety = layer
         elif self.safety.config.dim != dim:
             raise ConfigError(f"the safety layer is for {self.safety.config.dim}-dim actions, "
                               f"the robot takes {dim}")
+        with self._cond:
+            early, self._early_estop = self._early_estop, None
+        if early is not None:
+            self.safety.estop(early)
         self._check_joint_pos(dim)
         with self._cond:  # what arrived before the layer existed counts
             measured = self._measured()
@@ -462,7 +469,13 @@ class BridgeRobot(Robot):
         if "data" in data and not data["data"]:  # Bool false: released; resuming is explicit
             log.info("e-stop released on %s; call safety.reset_estop() to resume", meta.topic)
             return
-        self._safety_layer().estop(f"e-stop message on {meta.topic}")
+        reason = f"e-stop message on {meta.topic}"
+        with self._cond:
+            layer = self.safety
+            if layer is None:  # during connect (a latched e-stop arrives on subscribing)
+                self._early_estop = reason  # connect latches it into the new layer
+                return
+        layer.estop(reason)
 
     def _watch(self) -> None:
         """Disconnect detection and the command watchdog, ~20 times a second."""

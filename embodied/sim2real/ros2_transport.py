@@ -9,12 +9,19 @@ publishes those bytes as they are (`Publisher.publish(bytes)`) and hands us the 
 receives (`raw=True` subscriptions), so DDS peers see exactly what zenoh and rosbridge peers
 see. The message classes only name the type to DDS.
 
-QoS per role (`ROLE_QOS`; a robot's topic map says which topic has which role):
+QoS per role (`qos_profile`; a robot's topic map says which topic has which role):
   sensor    best effort, volatile, keep last 5: observation streams, where a late sample is
             worth less than the next (rclpy's sensor-data profile, deeper)
-  command   reliable, volatile, keep last 10: actions and resets
-  latched   reliable, transient local, keep last 1: e-stop and status, so a node that joins
-            late still sees an e-stop latched before it started
+  command   reliable, volatile, keep last 10: actions and resets (never latched: a reset
+            replayed to a late joiner would restart an episode)
+  latched   reliable, transient local: status. Publishers keep the last message for nodes
+            that join late; readers keep 10, so a quick succession is not overwritten
+  estop     published as latched; read by two subscriptions, a latched one (an e-stop
+            pressed before we started is delivered on joining) and a best-effort volatile
+            one, which matches every publisher whatever its QoS (an e-stop node written the
+            ordinary way, `create_publisher(Bool, topic, 10)`, is reliable and volatile, and
+            would never reach a latched reader alone). Each message may arrive twice; an
+            e-stop latches once.
 A subscription only matches publishers whose QoS offers at least what it asks for (a
 best-effort publisher never reaches a reliable subscription, a volatile one never reaches a
 transient-local one). Such a mismatch is not silent here: it is logged as an error and kept
@@ -32,12 +39,14 @@ the loader reads at that call, and so also on every child process's.
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import logging
 import os
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +55,13 @@ from embodied.sim2real.transport import Callback, Meta, Transport, ros_topic
 
 log = logging.getLogger(__name__)
 
-ROLES = ("sensor", "command", "latched")
+ROLES = ("sensor", "command", "latched", "estop")
 # Default role of a topic by its type, where the topic map gives none.
 TYPE_ROLES = {
     "sensor_msgs/msg/JointState": "sensor",
     "sensor_msgs/msg/CompressedImage": "sensor",
-    "std_msgs/msg/Bool": "latched",
-    "std_msgs/msg/Empty": "latched",
+    "std_msgs/msg/Bool": "estop",
+    "std_msgs/msg/Empty": "estop",
 }
 INSTALL = "pip install 'embodied[ros2]'"
 
@@ -60,7 +69,7 @@ INSTALL = "pip install 'embodied[ros2]'"
 def ros_lib_dirs() -> list[Path]:
     """Directories of this environment that hold the ROS 2 wheels' native libraries."""
     candidates = [Path(sys.prefix) / "lib"]
-    return [d for d in candidates if any(d.glob("librmw_implementation*.so*"))]
+    return [d for d in candidates if any(d.glob("librmw*.so*"))]
 
 
 def ensure_library_path() -> None:
@@ -77,6 +86,7 @@ def _import_rclpy() -> Any:
         import rclpy
         import rclpy.executors
         import rclpy.qos
+        import rclpy.signals
     except ImportError as exc:
         if "No module named 'rclpy'" in str(exc):
             raise ImportError(f"rclpy is not installed: {INSTALL}") from exc
@@ -99,7 +109,8 @@ def message_class(type_name: str) -> type:
         raise ImportError(f"no rclpy message class for {type_name}: pip install {wheel}") from exc
 
 
-def qos_profile(role: str) -> Any:
+def qos_profile(role: str, reader: bool = False) -> Any:
+    """The QoS of a publisher (or, reader=True, of the main subscription) for `role`."""
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
     if role not in ROLES:
@@ -109,10 +120,34 @@ def qos_profile(role: str) -> Any:
     reliability, durability, depth = {
         "sensor": (best_effort, volatile, 5),
         "command": (reliable, volatile, 10),
-        "latched": (reliable, latched, 1),
+        "latched": (reliable, latched, 10 if reader else 1),
+        "estop": (reliable, latched, 10 if reader else 1),
     }[role]
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability,
                       durability=durability)
+
+
+def _catch_all_qos() -> Any:
+    """Best effort + volatile: a reader that matches every publisher."""
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                      reliability=ReliabilityPolicy.BEST_EFFORT,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+_OPEN: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_transports() -> None:
+    """Close what is still open at exit: an rclpy node and executor thread alive at
+    interpreter shutdown abort the process ("terminate called without an active exception")."""
+    for transport in list(_OPEN):
+        try:
+            transport.close()
+        except Exception:  # exiting anyway: the others still get closed
+            log.exception("closing a ros2 transport at exit failed")
 
 
 class Ros2Transport(Transport):
@@ -137,7 +172,11 @@ class Ros2Transport(Transport):
         self._subscriptions: list[Any] = []
         self._closed = False
         self._context = rclpy.Context()
-        rclpy.init(context=self._context, domain_id=self.domain_id)
+        self._teardown_in_spin = False
+        # No signal handlers of ours: Ctrl-C stays a KeyboardInterrupt in the main thread,
+        # whose cleanup (a last hold command) still has a live node to publish with.
+        rclpy.init(context=self._context, domain_id=self.domain_id,
+                   signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
         try:
             self.node = rclpy.create_node(node_name, context=self._context)
         except Exception:
@@ -148,6 +187,7 @@ class Ros2Transport(Transport):
         self._thread = threading.Thread(target=self._spin, name=f"ros2-{node_name}",
                                         daemon=True)
         self._thread.start()
+        _OPEN.add(self)
 
     def role(self, topic: str, type_name: str) -> str:
         return self.roles.get(ros_topic(topic)) or TYPE_ROLES.get(
@@ -186,26 +226,37 @@ class Ros2Transport(Transport):
             except Exception:  # the executor would end its thread: say where it came from
                 log.exception("ros2 subscription on %s (%s) failed", topic, type_name)
 
-        events = SubscriptionEventCallbacks(
-            incompatible_qos=lambda event: self._incompatible("subscription", topic, event))
-        qos = qos_profile(self.role(topic, type_name))
+        role = self.role(topic, type_name)
+        profiles = [qos_profile(role, reader=True)]
+        if role == "estop":  # and one that matches every publisher (module docstring)
+            profiles.append(_catch_all_qos())
         with self._lock:
             if self._closed:
                 raise RuntimeError("subscribe on a closed ros2 transport")
-            self._subscriptions.append(self.node.create_subscription(
-                message_class(type_name), topic, on_message, qos, raw=True,
-                event_callbacks=events))
+            for i, qos in enumerate(profiles):
+                # An e-stop's latched reader cannot match a volatile publisher, which its
+                # catch-all reader then serves: that is no incompatibility to report.
+                expected = role == "estop" and i == 0
+                events = SubscriptionEventCallbacks(incompatible_qos=(
+                    (lambda event: None) if expected else
+                    (lambda event: self._incompatible("subscription", topic, event))))
+                self._subscriptions.append(self.node.create_subscription(
+                    message_class(type_name), topic, on_message, qos, raw=True,
+                    event_callbacks=events))
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        _OPEN.discard(self)
+        if threading.current_thread() is self._thread:
+            # Called from a callback: the spin loop tears down once the callback returns.
+            self._teardown_in_spin = True
+            return
         self._executor.shutdown(timeout_sec=2.0)
         self._thread.join(timeout=5.0)
-        self.node.destroy_node()
-        if self._context.ok():
-            self._rclpy.shutdown(context=self._context)
+        self._teardown()
 
     # --- details ------------------------------------------------------------------------------
 
@@ -217,6 +268,20 @@ class Ros2Transport(Transport):
                 self._executor.spin_once(timeout_sec=0.05)
         except (ExternalShutdownException, self._rclpy.executors.ShutdownException):
             pass
+        except Exception:  # a dead executor thread means no more e-stops: say so loudly
+            log.exception("ros2 transport %s: the executor thread failed", self.node_name)
+        if not self._closed:
+            log.error("ros2 transport %s: its rclpy context was shut down (another rclpy user "
+                      "in this process, e.g. its Ctrl-C handler): no more messages arrive",
+                      self.node_name)
+        if self._teardown_in_spin:
+            self._executor.shutdown(timeout_sec=0)
+            self._teardown()
+
+    def _teardown(self) -> None:
+        self.node.destroy_node()
+        if self._context.ok():
+            self._rclpy.shutdown(context=self._context)
 
     def _events(self, kind: str, topic: str) -> Any:
         from rclpy.event_handler import PublisherEventCallbacks

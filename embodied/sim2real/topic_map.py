@@ -280,14 +280,16 @@ class TopicMap:
 
     def qos_roles(self) -> dict[str, str]:
         """{topic: QoS role} for transports with QoS (ros2): observations "sensor", action
-        and reset "command", e-stop and status "latched" (a late joiner sees the last one)."""
+        and reset "command", status "latched" (a late joiner sees the last one), the e-stop
+        "estop" (latched, and read from publishers of any QoS)."""
         roles = {s.topic: "sensor" for f in self.observations.values() for s in f.sources}
         roles[self.action.topic] = "command"
         if self.reset is not None:
             roles[self.reset] = "command"
-        for topic in (self.estop[0] if self.estop else None, self.status):
-            if topic is not None:
-                roles[topic] = "latched"
+        if self.status is not None:
+            roles[self.status] = "latched"
+        if self.estop is not None:
+            roles[self.estop[0]] = "estop"
         return roles
 
     @classmethod
