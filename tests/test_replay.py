@@ -212,3 +212,31 @@ def test_bad_settings_are_clear_errors():
     with pytest.raises(ValueError, match="final_obs"):
         b.add({"state": torch.zeros(1, 1)}, torch.zeros(1, 2), torch.zeros(1),
               torch.ones(1, dtype=torch.bool), torch.zeros(1, dtype=torch.bool))
+
+
+def test_fed_by_the_collector_it_rebuilds_the_histories_the_policy_saw():
+    from test_collector import ConstantPolicy
+
+    from embodied.envs import make_env
+    from embodied.rollout import Collector
+
+    env = make_env("reach", num_envs=3, max_episode_steps=5)
+    policy = ConstantPolicy(env.obs_dim, env.action_dim, n_obs_steps=2, n_action_steps=2)
+    collector = Collector(env, policy)
+    collector.reset(seed=0)
+    buffer = ReplayBuffer(capacity=3 * 40, num_envs=3,
+                          obs_spec={"state": ((env.obs_dim,), torch.float32)},
+                          action_dim=env.action_dim, n_obs_steps=2)
+    steps = []
+    for _ in range(8):  # 16 env steps: every env ends episodes (truncation at 5)
+        for step in collector.decision(keep_steps=True).steps:
+            buffer.add_step(step)
+            steps.append(step)
+    assert any(bool(s.truncated.any()) for s in steps)
+    for t, step in enumerate(steps[:-1]):
+        for e in range(3):
+            got = buffer._segment(torch.tensor([t]), torch.tensor([e]), 1, G, chunk=False)
+            torch.testing.assert_close(got.obs["state"][0], step.obs["state"][e])
+            torch.testing.assert_close(got.next_obs["state"][0], step.next_obs["state"][e])
+            torch.testing.assert_close(got.action[0], step.action[e])
+    env.close()
