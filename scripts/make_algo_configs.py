@@ -16,6 +16,7 @@ docs = {
  "dppo": "DPPO: last K' denoising steps fine-tuned, one PPO term per step, frozen early steps.",
  "resip": "ResiP: per-step Gaussian residual on a frozen base (one env step per decision).",
  "gaussian_ppo": "Plain PPO with a Gaussian MLP from scratch (base is ignored): the baseline.",
+ "sac": "SAC from scratch: tanh-Gaussian actor, REDQ ensemble critics, learned temperature.",
 }
 def write(name, algorithm, overrides, doc):
     _, cls = finetune_algorithm(algorithm)

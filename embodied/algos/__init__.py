@@ -21,6 +21,7 @@ FINETUNE_ALGORITHMS = {
     "dppo": "DPPOConfig",
     "resip": "ResiPConfig",
     "gaussian_ppo": "GaussianPPOConfig",
+    "sac": "SACConfig",
 }
 
 
@@ -60,8 +61,8 @@ def _scalar_types(hint: Any) -> tuple[type, ...] | None:
 
 def make_finetune(name: str, base: Any, task: str, settings: dict[str, Any],
                   run_dir: str | Path, task_options: dict | None = None):
-    """The ChainPPO run of algorithm `name` with config fields `settings` (unknown ones are
-    an error naming the valid fields)."""
+    """The run of algorithm `name` (ChainPPO, or the learner its module names as LEARNER)
+    with config fields `settings` (unknown ones are an error naming the valid fields)."""
     from embodied.algos.chain_ppo import ChainPPO
     from embodied.core.seeding import seed_everything
     from embodied.envs import make_env
@@ -82,4 +83,5 @@ def make_finetune(name: str, base: Any, task: str, settings: dict[str, Any],
     # Fresh heads (noise, residual, critic) are initialised from the global generator.
     seed_everything(config.seed)
     policy, reference = module.build(base, config, obs_dim, action_dim)
-    return ChainPPO(policy, task, config, run_dir, task_options, bc_reference=reference)
+    learner = getattr(module, "LEARNER", ChainPPO)  # off-policy algorithms name their own
+    return learner(policy, task, config, run_dir, task_options, bc_reference=reference)

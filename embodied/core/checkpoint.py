@@ -20,7 +20,7 @@ METRICS_FILE = "metrics.jsonl"
 STATE_FILE = "checkpoints/train_state.pt"  # inside a run directory
 # What a run writes into its directory: all that overwrite=true may remove.
 RUN_ARTEFACTS = {"config.yaml", METRICS_FILE, "summary.json", "curve.png", "tensorboard",
-                 "checkpoints", "policy", "videos", "interventions.jsonl"}
+                 "checkpoints", "policy", "videos", "interventions.jsonl", "replay"}
 
 
 def load_training_state(path: Path) -> dict[str, Any]:

@@ -52,6 +52,9 @@ class PolicyConfig:
     """Shortcut model: the finest step size trained is 1/shortcut_max_steps."""
     shortcut_self_consistency: float = 0.25
     """Share of each batch trained on the self-consistency target."""
+    squash: bool = False
+    """gaussian: actions are tanh of the Gaussian draw (SAC's actor; `rsample_squashed`);
+    net_kwargs then go to its GaussianMLP (e.g. state_dependent_std=True)."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -75,6 +78,8 @@ class PolicyConfig:
             raise ConfigError("n_obs_steps and num_steps must be >= 1")
         if self.kind == "diffusion" and self.sampler == "ddpm":
             self.num_steps = self.num_train_steps  # DDPM runs the whole chain
+        if self.squash and self.kind != "gaussian":
+            raise ConfigError(f"squash is for gaussian policies (SAC), not {self.kind!r}")
         if not 0 <= self.frozen_steps < max(self.num_steps, 1) or (
                 self.frozen_steps and self.kind == "gaussian"):
             raise ConfigError(f"frozen_steps must be in [0, num_steps={self.num_steps}) for a "

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
@@ -64,7 +65,8 @@ class ChunkPolicy(nn.Module):
         self.gaussian: nn.Module | None = None
         self.noise_head: nn.Module | None = None
         if c.kind == "gaussian":
-            self.gaussian = GaussianMLP(cond_dim, c.horizon * c.action_dim)
+            self.gaussian = GaussianMLP(cond_dim, c.horizon * c.action_dim,
+                                        **(c.net_kwargs if c.squash else {}))
             self.sampler = None
             return
         # Flow times in [0, 1] are scaled up for the sinusoidal embedding; diffusion
@@ -178,6 +180,11 @@ class ChunkPolicy(nn.Module):
             x = mean if deterministic else (
                 mean + log_std.exp() * torch.randn(mean.shape, generator=generator,
                                                    dtype=mean.dtype))
+            if self.config.squash:  # SAC: tanh of the draw; trained through rsample_squashed
+                squashed = torch.tanh(x).view(shape)
+                chain = Chain(torch.stack([torch.zeros_like(squashed), squashed], 1),
+                              squashed.new_zeros(shape[0], 1))
+                return self.to_env_actions(squashed), chain
             lp = mean.new_zeros(shape[0]) if deterministic else gaussian_log_prob(
                 x, mean, log_std.exp())
             x = x.view(shape)
@@ -208,12 +215,30 @@ class ChunkPolicy(nn.Module):
         the critic, so an image encoder runs once per minibatch)."""
         cond = self.encode(obs) if cond is None else cond
         if self.sampler is None:
+            if self.config.squash:
+                raise ConfigError("a squashed Gaussian policy is SAC's actor: PPO cannot score "
+                                  "its chains (use rsample_squashed)")
             mean, log_std = self.gaussian(cond)
             x = chain.states[:, 1].flatten(1)
             return (gaussian_log_prob(x, mean, log_std.exp())[:, None],
                     log_std.mean(1, keepdim=True))
         denoise_fn, noise_fn = self._fns(cond)
         return self.sampler.score_steps(denoise_fn, noise_fn, chain, first)
+
+    def rsample_squashed(self, obs: Obs | torch.Tensor, cond: torch.Tensor | None = None,
+                         generator: torch.Generator | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAC: (a = tanh(u) [B, Tp*Da] in policy space, log pi(a) [B]) with u drawn by
+        reparameterisation, so gradients flow through the draw; log pi includes the tanh
+        change of variables, log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))."""
+        if not self.config.squash:
+            raise ConfigError("rsample_squashed needs a gaussian policy with squash=True")
+        mean, log_std = self.gaussian(self.encode(obs) if cond is None else cond)
+        std = log_std.exp()
+        u = mean + std * torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        log_prob = gaussian_log_prob(u, mean, std) - (
+            2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
+        return torch.tanh(u), log_prob
 
     def to_env_actions(self, x: torch.Tensor) -> torch.Tensor:
         """Policy-space chunk [B, Tp, Da] -> executed env actions [B, Ta, Da] in [-1, 1].

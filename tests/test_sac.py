@@ -1,0 +1,80 @@
+"""SAC from scratch: the squashed-Gaussian log-likelihood, config errors, the tripwires,
+exact resume (replay included), and a seeded run that learns an easy task."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from embodied.algos import make_finetune
+from embodied.algos.sac import TrainingError
+from embodied.core.errors import ConfigError
+from embodied.policies.config import PolicyConfig
+from embodied.policies.policy import ChunkPolicy
+
+TINY = {"num_envs": 4, "eval_every": 0, "eval_episodes": 4, "video": False,
+        "steps_per_iteration": 10, "warmup_steps": 10, "batch_size": 32, "hidden": 32,
+        "checkpoint_every": 2}
+
+
+def test_squashed_log_prob_is_the_tanh_transformed_density():
+    torch.manual_seed(0)
+    policy = ChunkPolicy(PolicyConfig(kind="gaussian", squash=True, obs_dim=5, action_dim=3,
+                                      horizon=1, n_action_steps=1,
+                                      net_kwargs={"state_dependent_std": True}))
+    obs = torch.randn(64, 5)
+    a, logp = policy.rsample_squashed(obs, generator=torch.Generator().manual_seed(1))
+    mean, log_std = policy.gaussian(policy.encode(obs))
+    dist = torch.distributions.TransformedDistribution(
+        torch.distributions.Normal(mean, log_std.exp()),
+        [torch.distributions.TanhTransform(cache_size=1)])
+    u = torch.atanh(a.clamp(-1 + 1e-6, 1 - 1e-6))
+    reference = dist.log_prob(torch.tanh(u)).sum(-1)
+    torch.testing.assert_close(logp, reference, rtol=1e-3, atol=1e-3)
+    assert a.abs().max() < 1
+    act = policy.act(obs[:2], deterministic=True)  # evaluation: tanh of the mean
+    torch.testing.assert_close(act[:, 0], torch.tanh(mean[:2]))
+    with pytest.raises(ConfigError, match="squash is for gaussian"):
+        PolicyConfig(kind="flow", squash=True, obs_dim=5, action_dim=3)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"utd": 0}, "utd must be > 0"),
+    ({"critic_subset": 3, "num_critics": 2}, "critic_subset=3 > num_critics=2"),
+    ({"batch_size": 0}, "batch_size must be >= 1"),
+])
+def test_bad_settings_are_clear_errors(settings, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        make_finetune("sac", None, "reach", {**TINY, **settings}, tmp_path)
+
+
+def test_a_nan_reward_trips_with_a_clear_error(tmp_path):
+    algo = make_finetune("sac", None, "reach", {**TINY, "iterations": 2}, tmp_path)
+    algo.restart(0)
+    algo.iterate(0)  # warm-up fills the replay
+    algo.replay.reward[:] = math.nan
+    with pytest.raises(TrainingError, match="critic loss is nan"):
+        algo.update()
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+    settings = {**TINY, "iterations": 4}
+    whole = make_finetune("sac", None, "reach", settings, tmp_path / "whole")
+    whole.train(progress=False)
+    first = make_finetune("sac", None, "reach", {**settings, "iterations": 2},
+                          tmp_path / "split")
+    first.train(progress=False)
+    second = make_finetune("sac", None, "reach", settings, tmp_path / "split")
+    assert second.resume() and second.replay.count == first.replay.count > 0
+    second.train(progress=False)
+    for (name, a), b in zip(whole.policy.state_dict().items(),
+                            second.policy.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    for a, b in zip(whole.critic.state_dict().values(), second.critic.state_dict().values(),
+                    strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert whole.replay.count == second.replay.count
+    torch.testing.assert_close(whole.replay.reward, second.replay.reward, rtol=0, atol=0)
+    assert whole.updates == second.updates > 0
