@@ -92,3 +92,13 @@ def test_polyak_update_moves_the_target_by_tau():
     torch.testing.assert_close(target.weight, 0.9 * before + 0.1 * source.weight)
     with pytest.raises(ValueError, match="tau"):
         polyak_update(target, source, 0.0)
+
+
+def test_a_non_finite_later_action_leaves_shorter_prefixes_finite():
+    torch.manual_seed(3)
+    critic = EnsembleQ(4, 2, num_heads=2, hidden=8, chunk=3)
+    chunk = torch.randn(2, 3, 2)
+    before = critic(torch.zeros(2, 4), chunk)
+    chunk[:, 2] = float("nan")
+    after = critic(torch.zeros(2, 4), chunk)
+    torch.testing.assert_close(after[..., :2], before[..., :2])

@@ -240,3 +240,43 @@ def test_fed_by_the_collector_it_rebuilds_the_histories_the_policy_saw():
             torch.testing.assert_close(got.next_obs["state"][0], step.next_obs["state"][e])
             torch.testing.assert_close(got.action[0], step.action[e])
     env.close()
+
+
+def test_cut_takes_a_bool_mask_or_indices(buffer):
+    buffer.cut_episodes(torch.tensor([False, True]))
+    assert buffer.cut[5].tolist() == [False, True]
+    other = ReplayBuffer(capacity=12, num_envs=2, obs_spec=SPEC, action_dim=2)
+    fill(other, range(3), {})
+    other.cut_episodes(torch.tensor([1]))
+    assert other.cut[2].tolist() == [False, True]
+
+
+def test_a_manifest_loads_from_any_directory_it_was_saved_to_and_never_changes(tmp_path):
+    b = ReplayBuffer(capacity=4000, num_envs=2, obs_spec=SPEC, action_dim=2)
+    fill(b, range(1500), {})
+    b.save(tmp_path / "a")
+    fill(b, range(1500, 1510), {})
+    moved = b.save(tmp_path / "b")  # only one piece changed, but "b" gets every piece
+    fresh = ReplayBuffer(capacity=4000, num_envs=2, obs_spec=SPEC, action_dim=2)
+    fresh.load(tmp_path / "b", moved)
+    torch.testing.assert_close(fresh.frames["state"], b.frames["state"])
+    # Resuming an older manifest never rewrites a newer one's files.
+    m1 = b.save(tmp_path / "b")
+    fill(b, range(1510, 1520), {})
+    m2 = b.save(tmp_path / "b")
+    b.load(tmp_path / "b", m1)
+    fill(b, range(1510, 1520), {(1515, 0): "term"})
+    b.save(tmp_path / "b")
+    again = ReplayBuffer(capacity=4000, num_envs=2, obs_spec=SPEC, action_dim=2)
+    again.load(tmp_path / "b", m2)
+    assert not bool(again.terminated.any())  # m2's state, not the later one
+
+
+def test_loading_into_another_observation_spec_is_refused(tmp_path):
+    b = ReplayBuffer(capacity=8, num_envs=1, obs_spec=SPEC, action_dim=2)
+    fill(b, range(3), {})
+    manifest = b.save(tmp_path)
+    other = ReplayBuffer(capacity=8, num_envs=1, obs_spec={"state": ((3,), torch.uint8)},
+                         action_dim=2)
+    with pytest.raises(ConfigError, match="obs_spec"):
+        other.load(tmp_path, manifest)

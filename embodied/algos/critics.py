@@ -80,8 +80,10 @@ class EnsembleQ(nn.Module):
         if actions.shape[1:] != (h, self.action_dim):
             raise ValueError(f"a chunk critic takes actions [B, {h}, {self.action_dim}], got "
                              f"{tuple(actions.shape)}")
-        prefix = torch.tril(torch.ones(h, h, device=actions.device))  # row j: steps <= j
-        masked = actions[:, None] * prefix[None, :, :, None]          # [B, h, h, Da]
+        prefix = torch.tril(torch.ones(h, h, dtype=torch.bool, device=actions.device))
+        # Row j keeps steps <= j; select, not multiply (0 * inf is nan), [B, h, h, Da].
+        masked = torch.where(prefix[None, :, :, None], actions[:, None],
+                             torch.zeros((), dtype=actions.dtype, device=actions.device))
         onehot = torch.eye(h, device=actions.device).expand(b, h, h)
         x = torch.cat([features[:, None].expand(b, h, features.shape[-1]),
                        masked.flatten(2), onehot], -1).reshape(b * h, -1)

@@ -89,7 +89,8 @@ class ReplayBuffer:
         self.count = 0  # steps added: the absolute time of the next row
         self._episode_begins = torch.zeros(N, dtype=torch.long)
         self._dirty: set[int] = set()
-        self._pieces: dict[str, str] = {}  # piece -> file of the last save
+        self._pieces: dict[str, str] = {}  # piece -> file of the last save (in _dir)
+        self._dir: Path | None = None
         self._generation = 0
 
     # --- sizes -----------------------------------------------------------------------------
@@ -143,13 +144,23 @@ class ReplayBuffer:
                  step.next_obs)
 
     def cut_episodes(self, envs: Tensor | None = None) -> None:
-        """The running episodes of `envs` (all if None) were cut without a final observation
-        (forced resets, an episode's open end): their last steps get no next observation."""
+        """The running episodes of `envs` (all if None; a bool mask [N] or env indices) were
+        cut without a final observation (forced resets, an episode's open end): their last
+        steps get no next observation."""
         if self.count == 0:
             return
         row = (self.count - 1) % self.T
-        mask = torch.ones(self.N, dtype=torch.bool) if envs is None else torch.zeros(
-            self.N, dtype=torch.bool).index_fill_(0, torch.as_tensor(envs).long().cpu(), True)
+        if envs is None:
+            mask = torch.ones(self.N, dtype=torch.bool)
+        else:
+            envs = torch.as_tensor(envs).cpu()
+            if envs.dtype == torch.bool:  # a mask [N], as the collector's masks are
+                if envs.shape != (self.N,):
+                    raise ValueError(f"an env mask must have shape ({self.N},), got "
+                                     f"{tuple(envs.shape)}")
+                mask = envs.clone()
+            else:  # env indices
+                mask = torch.zeros(self.N, dtype=torch.bool).index_fill_(0, envs.long(), True)
         open_ = mask & ~(self.terminated[row] | self.truncated[row])
         self.cut[row] |= open_
         self._episode_begins = torch.where(mask, self.count, self._episode_begins)
@@ -302,9 +313,15 @@ class ReplayBuffer:
         the manifest that names every piece of this state. Store the manifest with the
         training state (the checkpoint is the commit point); files no manifest names are
         removed by `prune`. A kill mid-save leaves the previous manifest's files intact."""
-        directory = Path(directory)
+        directory = Path(directory).resolve()
         directory.mkdir(parents=True, exist_ok=True)
-        self._generation += 1
+        if directory != self._dir:  # unchanged pieces live elsewhere: write them all here
+            self._pieces = {}
+            self._dirty = set(range(-(-min(self.count, self.T) // PIECE_ROWS)))
+        # A generation no file here has, even after resuming from an older manifest.
+        found = [int(p.stem.rsplit("_g", 1)[1]) for p in directory.glob("*_g*.pt")
+                 if p.stem.rsplit("_g", 1)[1].isdigit()]
+        self._generation = max([self._generation, *found]) + 1
         pieces = dict(self._pieces)
         for p in sorted(self._dirty):
             lo, hi = p * PIECE_ROWS, min((p + 1) * PIECE_ROWS, self.T)
@@ -314,20 +331,20 @@ class ReplayBuffer:
             atomic_write(directory / name, lambda path, arrays=arrays: torch.save(arrays, path))
             pieces[str(p)] = name
         self._dirty.clear()
-        self._pieces = pieces
+        self._pieces, self._dir = pieces, directory
         finals = f"final_g{self._generation:06d}.pt"
         atomic_write(directory / finals, lambda path: torch.save(
             {"final": self.final, "episode_begins": self._episode_begins}, path))
         return {"count": self.count, "T": self.T, "N": self.N, "To": self.To,
                 "action_dim": self.action_dim, "generation": self._generation,
-                "obs_spec": {k: [list(s), str(d).removeprefix("torch.")]
-                             for k, (s, d) in self.obs_spec.items()},
+                "obs_spec": self._spec_json(),
                 "pieces": pieces, "final": finals}
 
     def load(self, directory: str | Path, manifest: dict[str, Any]) -> None:
         """Restore the state a manifest names (from `save`)."""
-        directory = Path(directory)
-        want = {"T": self.T, "N": self.N, "To": self.To, "action_dim": self.action_dim}
+        directory = Path(directory).resolve()
+        want = {"T": self.T, "N": self.N, "To": self.To, "action_dim": self.action_dim,
+                "obs_spec": self._spec_json()}
         have = {k: manifest.get(k) for k in want}
         if have != want:
             raise ConfigError(f"the saved replay buffer has {have}, this run's {want}: resume "
@@ -343,7 +360,11 @@ class ReplayBuffer:
         extra = torch.load(directory / manifest["final"], weights_only=True)
         self.final, self._episode_begins = extra["final"], extra["episode_begins"]
         self.count, self._generation = int(manifest["count"]), int(manifest["generation"])
-        self._pieces, self._dirty = dict(manifest["pieces"]), set()
+        self._pieces, self._dirty, self._dir = dict(manifest["pieces"]), set(), directory
+
+    def _spec_json(self) -> dict[str, list]:
+        return {k: [list(shape), str(dtype).removeprefix("torch.")]
+                for k, (shape, dtype) in self.obs_spec.items()}
 
     @staticmethod
     def prune(directory: str | Path, manifest: dict[str, Any]) -> None:
