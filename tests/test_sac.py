@@ -82,7 +82,7 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
 
 def test_a_seeded_sac_run_learns_reach(tmp_path):
     # Dense reward, 8 envs, 8,000 env steps: 0.00 -> 0.56 success here (eval 32 episodes).
-    settings = {"num_envs": 8, "iterations": 40, "eval_every": 0, "eval_episodes": 32,
+    settings = {"num_envs": 8, "iterations": 40, "eval_every": 40, "eval_episodes": 32,
                 "video": False, "steps_per_iteration": 25, "warmup_steps": 25, "utd": 2.0,
                 "batch_size": 128, "hidden": 64, "checkpoint_every": 40}
     algo = make_finetune("sac", None, "reach", settings, tmp_path,

@@ -35,7 +35,7 @@ class TrainerConfig:
     num_envs: int = 64
     iterations: int = 100
     eval_every: int = 10
-    """Evaluate every this many iterations (0: only before and after training)."""
+    """Evaluate every this many iterations (0: only after training, no baseline)."""
     eval_episodes: int = 100
     checkpoint_every: int = 10
     seed: int = 0
