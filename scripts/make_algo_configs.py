@@ -17,6 +17,7 @@ docs = {
  "resip": "ResiP: per-step Gaussian residual on a frozen base (one env step per decision).",
  "gaussian_ppo": "Plain PPO with a Gaussian MLP from scratch (base is ignored): the baseline.",
  "sac": "SAC from scratch: tanh-Gaussian actor, REDQ ensemble critics, learned temperature.",
+ "dsrl": "DSRL: SAC over the initial noise of a frozen flow/diffusion base (critic Q(s, x_0)).",
 }
 def write(name, algorithm, overrides, doc):
     _, cls = finetune_algorithm(algorithm)

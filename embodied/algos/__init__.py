@@ -22,6 +22,7 @@ FINETUNE_ALGORITHMS = {
     "resip": "ResiPConfig",
     "gaussian_ppo": "GaussianPPOConfig",
     "sac": "SACConfig",
+    "dsrl": "DSRLConfig",
 }
 
 

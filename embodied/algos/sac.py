@@ -100,21 +100,27 @@ def build(base: Any, cfg: SACConfig, obs_dim: int, action_dim: int) -> tuple[Chu
 
 
 class _Uniform:
-    """Warm-up actions, uniform in [-1, 1], with the collector's policy interface."""
+    """Warm-up actions with the collector's policy interface: the actor's output drawn
+    uniformly in [-1, 1] (DSRL: the noise, which the frozen base turns into a chunk)."""
 
-    def __init__(self, config: Any, generator: torch.Generator) -> None:
-        self.config, self.generator, self.dtype = config, generator, torch.float32
+    def __init__(self, policy: Any, action_dim: int, generator: torch.Generator) -> None:
+        self.policy, self.action_dim, self.generator = policy, action_dim, generator
+        self.config, self.dtype = policy.config, torch.float32
 
     def reset(self, num_envs: int) -> None:
-        pass
+        self.policy.reset(num_envs)
 
     def end_episodes(self, ended: torch.Tensor) -> None:
-        pass
+        self.policy.end_episodes(ended)
 
     def sample(self, obs, generator=None, deterministic=False):
         n = next(iter(obs.values())).shape[0]
-        chunk = torch.rand((n, 1, self.config.action_dim), generator=self.generator) * 2 - 1
-        return chunk, Chain(torch.zeros(n, 2, 1, 1), torch.zeros(n, 1))
+        a = torch.rand((n, self.action_dim), generator=self.generator) * 2 - 1
+        if hasattr(self.policy, "chunk_from"):  # DSRL
+            chunk = self.policy.chunk_from(obs, a)
+        else:
+            chunk = a[:, None]
+        return chunk, Chain(torch.stack([torch.zeros_like(a), a], 1), torch.zeros(n, 1))
 
 
 class SAC:
@@ -128,14 +134,23 @@ class SAC:
         self.env = make_env(task, num_envs=config.num_envs, cameras=tuple(c.cameras),
                             image_size=c.image_size, **self.task_options)
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.collector = Collector(self.env, self.policy, self.generator, config.reward_scale)
-        self.uniform = _Uniform(c, self.generator)
-        spec = {"state": ((c.obs_dim,), torch.float32)}
-        spec.update({f"rgb_{cam}": ((c.image_size, c.image_size, 3), torch.uint8)
+        # Raw rewards from the collector; reward_scale applies once, in the target.
+        self.collector = Collector(self.env, self.policy, self.generator, 1.0)
+        # "step": a transition per env step (Ta = 1 actors); "decision": one per policy call
+        # (DSRL: the action is the noise of a whole chunk, the reward the chunk's sum).
+        self.decisions = getattr(config, "transitions", "step") == "decision"
+        action_dim = (c.horizon * c.action_dim) if self.decisions else c.action_dim
+        self.uniform = _Uniform(policy, action_dim, self.generator)
+        history = (c.n_obs_steps,) if self.decisions else ()  # decisions store histories
+        spec = {"state": ((*history, c.obs_dim), torch.float32)}
+        spec.update({f"rgb_{cam}": ((*history, c.image_size, c.image_size, 3), torch.uint8)
                      for cam in c.cameras})
         self.replay = ReplayBuffer(max(config.buffer_size, 2 * config.num_envs),
-                                   config.num_envs, spec, c.action_dim, c.n_obs_steps)
-        self.critic = EnsembleQ(policy.feature_dim, c.action_dim, config.num_critics,
+                                   config.num_envs, spec, action_dim,
+                                   1 if self.decisions else c.n_obs_steps)
+        # Discount per replay row: gamma^Ta for a chunk (its reward is the Ta steps' sum).
+        self.gamma = config.gamma ** (c.n_action_steps if self.decisions else 1)
+        self.critic = EnsembleQ(policy.feature_dim, action_dim, config.num_critics,
                                 config.hidden)
         self.target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(float(config.init_alpha)).log())
@@ -175,13 +190,21 @@ class SAC:
             warm = self.vector_steps < cfg.warmup_steps
             self.collector.policy = self.uniform if warm else self.policy
             with torch.no_grad():
-                decision = self.collector.decision(keep_steps=True)
-            for step in decision.steps:
-                self.replay.add_step(step)
-                self._max_abs_reward = max(self._max_abs_reward,
-                                           float(step.reward.abs().max()) * cfg.reward_scale)
+                decision = self.collector.decision(keep_steps=not self.decisions)
+            if self.decisions:
+                self.replay.add(decision.obs, decision.chain.states[:, 1].flatten(1),
+                                decision.reward, decision.terminated, decision.truncated,
+                                decision.final_obs)
+                rewards = decision.reward
+                self.env_steps += cfg.num_envs * decision.chunk.shape[1]
+            else:
+                for step in decision.steps:
+                    self.replay.add_step(step)
+                rewards = torch.stack([step.reward for step in decision.steps])
+                self.env_steps += cfg.num_envs * len(decision.steps)
+            self._max_abs_reward = max(self._max_abs_reward,
+                                       float(rewards.abs().max()) * cfg.reward_scale)
             self.vector_steps += 1
-            self.env_steps += cfg.num_envs
             if warm:
                 continue
             self._debt += cfg.utd
@@ -204,7 +227,10 @@ class SAC:
     # --- the update -----------------------------------------------------------------------
     def update(self) -> dict[str, float]:
         cfg = self.cfg
-        batch = self.replay.sample(cfg.batch_size, cfg.n_step, cfg.gamma, self.generator)
+        batch = self.replay.sample(cfg.batch_size, cfg.n_step, self.gamma, self.generator)
+        if self.decisions:  # rows hold whole histories: [B, 1, To, ...] -> [B, To, ...]
+            batch.obs = {k: v[:, -1] for k, v in batch.obs.items()}
+            batch.next_obs = {k: v[:, -1] for k, v in batch.next_obs.items()}
         alpha = self.log_alpha.exp().detach()
         with torch.no_grad():
             next_feats = self.policy.encode(batch.next_obs)
@@ -220,7 +246,7 @@ class SAC:
         critic_loss = (q - target).square().mean()
         self._check(critic_loss, "critic loss")
         self._step(self.critic_opt, critic_loss, self.critic)
-        bound = cfg.q_divergence * max(self._max_abs_reward, 1e-3) / (1 - cfg.gamma + 1e-8)
+        bound = cfg.q_divergence * max(self._max_abs_reward, 1e-3) / (1 - self.gamma + 1e-8)
         q_mean = float(q.detach().abs().mean())
         if q_mean > bound:
             raise TrainingError(
@@ -248,6 +274,10 @@ class SAC:
         return out
 
     def _env_action(self, a: torch.Tensor) -> torch.Tensor:
+        """The critic's action input for the actor's output a (the executed action; DSRL:
+        the noise itself)."""
+        if hasattr(self.policy, "critic_action"):
+            return self.policy.critic_action(a)
         c = self.policy.config
         return self.policy.to_env_actions(a.view(-1, c.horizon, c.action_dim))[:, 0]
 

@@ -159,12 +159,18 @@ class ResidualPolicy(nn.Module):
 
 
 def load_policy(path: str | Path) -> Any:
-    """Any saved policy directory: a ChunkPolicy, or a base + residual (ResiP)."""
+    """Any saved policy directory: a ChunkPolicy, a base + residual (ResiP), or a base +
+    noise actor (DSRL)."""
     config = Path(path) / CONFIG_FILE
     if config.exists():
         try:
-            if "residual" in json.loads(config.read_text()):
+            meta = json.loads(config.read_text())
+            if "residual" in meta:
                 return ResidualPolicy.from_pretrained(path)
+            if "dsrl" in meta:
+                from embodied.policies.noise_space import NoisePolicy
+
+                return NoisePolicy.from_pretrained(path)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{config} is not valid JSON ({e})") from None
     return ChunkPolicy.from_pretrained(path)
