@@ -280,3 +280,9 @@ def test_loading_into_another_observation_spec_is_refused(tmp_path):
                          action_dim=2)
     with pytest.raises(ConfigError, match="obs_spec"):
         other.load(tmp_path, manifest)
+
+
+def test_a_buffer_larger_than_the_machine_is_refused_with_the_figure():
+    spec = {"rgb": ((96, 96, 3), torch.uint8)}
+    with pytest.raises(ConfigError, match="GiB.*lower buffer_size"):
+        ReplayBuffer(capacity=10**8, num_envs=1, obs_spec=spec, action_dim=4)

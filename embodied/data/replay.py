@@ -38,6 +38,7 @@ samples only chunks with all h steps inside one episode (k == h).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,13 @@ from embodied.core.errors import ConfigError
 from embodied.core.io import atomic_write
 
 PIECE_ROWS = 1024  # rows per saved piece: a save rewrites only the pieces written since
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 @dataclass
@@ -77,6 +85,13 @@ class ReplayBuffer:
         self.To, self.action_dim = n_obs_steps, action_dim
         self.obs_spec = {k: (tuple(shape), dtype) for k, (shape, dtype) in obs_spec.items()}
         T, N = self.T, self.N
+        total, memory = self.bytes_per_transition * T * N, _physical_memory()
+        if memory and total > 0.75 * memory:
+            raise ConfigError(
+                f"a replay buffer of {T * N:,} transitions x {self.bytes_per_transition:,} B "
+                f"needs {total / 2**30:.1f} GiB, over 3/4 of this machine's "
+                f"{memory / 2**30:.1f} GiB: lower buffer_size (e.g. "
+                f"{int(0.25 * memory / self.bytes_per_transition):,})")
         self.frames = {k: torch.zeros((T, N, *shape), dtype=dtype)
                        for k, (shape, dtype) in self.obs_spec.items()}
         self.action = torch.zeros((T, N, action_dim))
