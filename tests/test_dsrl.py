@@ -57,3 +57,17 @@ def test_a_base_without_a_denoising_chain_or_no_base_is_refused(tmp_path):
         NoisePolicy(gaussian)
     with pytest.raises(ConfigError, match="give base="):
         make_finetune("dsrl", None, "pick_place", {"num_envs": 2}, tmp_path)
+
+
+def test_dsrl_counts_env_steps_and_targets_the_noises_entropy(tmp_path):
+    base = ChunkPolicy.from_pretrained(BASE)
+    ta, noise_dim = base.config.n_action_steps, base.config.horizon * base.config.action_dim
+    settings = {"num_envs": 2, "iterations": 1, "eval_every": 0, "eval_episodes": 2,
+                "video": False, "steps_per_iteration": 2 * ta, "warmup_steps": ta,
+                "utd": 1.0, "batch_size": 4, "checkpoint_every": 1}  # default hidden
+    algo = make_finetune("dsrl", base, "pick_place", settings, tmp_path)
+    assert algo.target_entropy == -float(noise_dim)
+    algo.restart(0)
+    algo.iterate(0)
+    assert algo.vector_steps == 2 * ta and algo.env_steps == 2 * 2 * ta
+    assert algo.updates == ta  # utd per vector env step: Ta updates for the second chunk

@@ -89,3 +89,31 @@ def test_a_seeded_sac_run_learns_reach(tmp_path):
                          task_options={"reward_type": "dense"})
     summary = algo.train(progress=False)
     assert summary["success_after"] >= summary["success_before"] + 0.25, summary
+
+
+def test_no_warmup_and_a_fresh_critic_on_sparse_rewards_do_not_trip(tmp_path):
+    # pick_place's reward is sparse: no success yet, so max|r| = 0; the tripwire must not
+    # mistake a fresh critic's outputs (or the entropy backup) for divergence.
+    algo = make_finetune("sac", None, "pick_place", {**TINY, "iterations": 1, "warmup_steps": 0,
+                                                     "hidden": 256, "utd": 2.0}, tmp_path)
+    algo.train(progress=False)
+    assert algo.updates > 0
+
+
+def test_resuming_a_final_checkpoint_off_the_boundary_cuts_and_reseeds(tmp_path):
+    import shutil
+
+    first = make_finetune("sac", None, "reach", {**TINY, "iterations": 3}, tmp_path / "a")
+    first.train(progress=False)  # the final checkpoint at iteration 3 (boundary: 2)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    runs = []
+    for name in ("a", "b"):
+        algo = make_finetune("sac", None, "reach", {**TINY, "iterations": 4}, tmp_path / name)
+        assert algo.resume()
+        count = algo.replay.count
+        algo.train(progress=False)
+        runs.append(algo)
+        row = (count - 1) % algo.replay.T
+        assert bool(algo.replay.cut[row].all())  # the resumed episodes' last steps
+    torch.testing.assert_close(runs[0].replay.frames["state"], runs[1].replay.frames["state"],
+                               rtol=0, atol=0)  # seeded: two resumes agree

@@ -10,7 +10,9 @@ transition: raise utd (or lower N) for more reuse.
 
 Tripwires stop training with an error (the last checkpoint stays the run's state): a
 non-finite loss, or a mean |Q| beyond `q_divergence` times the largest discounted return the
-rewards seen so far allow (max |r| / (1 - gamma)).
+rewards seen so far (at least 1) and the entropy term allow. `steps_per_iteration`,
+`warmup_steps` and `utd` count vector env steps also when a transition is a whole chunk
+(DSRL: Ta of them per decision).
 """
 
 from __future__ import annotations
@@ -154,7 +156,8 @@ class SAC:
                                 config.hidden)
         self.target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(float(config.init_alpha)).log())
-        self.target_entropy = (-float(c.action_dim) if config.target_entropy is None
+        self.action_dim = action_dim  # |A| of what the actor outputs (DSRL: the noise)
+        self.target_entropy = (-float(action_dim) if config.target_entropy is None
                                else float(config.target_entropy))
         self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
@@ -186,11 +189,15 @@ class SAC:
         cfg = self.cfg
         self.collector.reset_counters()
         update_seconds, losses = 0.0, []
-        for _ in range(cfg.steps_per_iteration):
+        if not self.collector.started:  # a fresh or resumed learner: seeded, cut episodes
+            self.restart(iteration)
+        taken = 0
+        while taken < cfg.steps_per_iteration:  # vector env steps (a chunk is Ta of them)
             warm = self.vector_steps < cfg.warmup_steps
             self.collector.policy = self.uniform if warm else self.policy
             with torch.no_grad():
                 decision = self.collector.decision(keep_steps=not self.decisions)
+            executed = decision.chunk.shape[1]
             if self.decisions:
                 self.replay.add(decision.obs, decision.chain.states[:, 1].flatten(1),
                                 decision.reward, decision.terminated, decision.truncated,
@@ -204,10 +211,11 @@ class SAC:
                 self.env_steps += cfg.num_envs * len(decision.steps)
             self._max_abs_reward = max(self._max_abs_reward,
                                        float(rewards.abs().max()) * cfg.reward_scale)
-            self.vector_steps += 1
-            if warm:
+            self.vector_steps += executed
+            taken += executed
+            if warm or self.replay.count < 2:  # (a sample needs a step with a next obs)
                 continue
-            self._debt += cfg.utd
+            self._debt += cfg.utd * executed
             t0 = time.perf_counter()
             while self._debt >= 1.0:
                 self._debt -= 1.0
@@ -246,12 +254,18 @@ class SAC:
         critic_loss = (q - target).square().mean()
         self._check(critic_loss, "critic loss")
         self._step(self.critic_opt, critic_loss, self.critic)
-        bound = cfg.q_divergence * max(self._max_abs_reward, 1e-3) / (1 - self.gamma + 1e-8)
+        # What |Q| can reach: rewards (at least one unit, so sparse tasks before their first
+        # success and a fresh critic's outputs never trip it) plus, with the entropy backup,
+        # alpha |log pi| (<= 5 per dim) per step, over the horizon 1 / (1 - gamma).
+        entropy = 5.0 * float(alpha) * self.action_dim if cfg.backup_entropy else 0.0
+        bound = cfg.q_divergence * (max(self._max_abs_reward, 1.0) + entropy) / (
+            1 - self.gamma + 1e-8)
         q_mean = float(q.detach().abs().mean())
         if q_mean > bound:
             raise TrainingError(
                 f"Q values diverged: mean |Q| = {q_mean:.3g} beyond {bound:.3g} "
-                f"({cfg.q_divergence} x max|r| / (1 - gamma)) after {self.updates} updates; "
+                f"({cfg.q_divergence} x (max(max|r|, 1) + entropy term) / (1 - gamma)) after "
+                f"{self.updates} updates; "
                 "the last checkpoint is kept: lower critic_lr or utd, or raise tau's "
                 "smoothing (smaller tau)")
         self.updates += 1
