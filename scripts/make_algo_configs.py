@@ -18,6 +18,7 @@ docs = {
  "gaussian_ppo": "Plain PPO with a Gaussian MLP from scratch (base is ignored): the baseline.",
  "sac": "SAC from scratch: tanh-Gaussian actor, REDQ ensemble critics, learned temperature.",
  "dsrl": "DSRL: SAC over the initial noise of a frozen flow/diffusion base (critic Q(s, x_0)).",
+ "td3": "TD3 from scratch: deterministic tanh actor, target smoothing, delayed actor updates.",
 }
 def write(name, algorithm, overrides, doc):
     _, cls = finetune_algorithm(algorithm)

@@ -59,14 +59,15 @@ def test_a_nan_reward_trips_with_a_clear_error(tmp_path):
         algo.update()
 
 
-def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("algorithm", ["sac", "td3"])
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, algorithm):
     settings = {**TINY, "iterations": 4}
-    whole = make_finetune("sac", None, "reach", settings, tmp_path / "whole")
+    whole = make_finetune(algorithm, None, "reach", settings, tmp_path / "whole")
     whole.train(progress=False)
-    first = make_finetune("sac", None, "reach", {**settings, "iterations": 2},
+    first = make_finetune(algorithm, None, "reach", {**settings, "iterations": 2},
                           tmp_path / "split")
     first.train(progress=False)
-    second = make_finetune("sac", None, "reach", settings, tmp_path / "split")
+    second = make_finetune(algorithm, None, "reach", settings, tmp_path / "split")
     assert second.resume() and second.replay.count == first.replay.count > 0
     second.train(progress=False)
     for (name, a), b in zip(whole.policy.state_dict().items(),
@@ -117,3 +118,24 @@ def test_resuming_a_final_checkpoint_off_the_boundary_cuts_and_reseeds(tmp_path)
         assert bool(algo.replay.cut[row].all())  # the resumed episodes' last steps
     torch.testing.assert_close(runs[0].replay.frames["state"], runs[1].replay.frames["state"],
                                rtol=0, atol=0)  # seeded: two resumes agree
+
+
+def test_td3_explores_around_its_deterministic_action_and_delays_its_actor(tmp_path):
+    algo = make_finetune("td3", None, "reach", {**TINY, "iterations": 1, "explore_std": 0.05,
+                                                "actor_every": 2, "utd": 2.0}, tmp_path)
+    obs = {"state": torch.randn(4000, algo.policy.config.obs_dim) * 0.1}
+    with torch.no_grad():
+        mean = algo.policy.squashed_mean(obs)
+        chunk = algo.explore.sample(obs)[0][:, 0]
+    inside = (mean.abs() < 0.8).all(1)  # away from the clip at +-1
+    noise = (chunk - mean)[inside]
+    assert abs(float(noise.std()) - 0.05) < 0.005 and abs(float(noise.mean())) < 0.005
+    algo.restart(0)
+    algo.iterate(0)  # warm-up
+    metrics = algo.iterate(1)
+    steps = [s["step"] for s in algo.actor_opt.state.values()]
+    assert algo.updates > 0 and all(int(n) == algo.updates // 2 for n in steps)
+    assert "alpha" not in metrics and "actor_loss" in metrics  # no temperature
+    # The target actor trails the actor (Polyak at each actor step), never equal to it.
+    assert any(not torch.equal(p, q) for p, q in zip(
+        algo.policy.parameters(), algo.target_policy.parameters(), strict=True))

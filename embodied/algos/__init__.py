@@ -23,6 +23,7 @@ FINETUNE_ALGORITHMS = {
     "gaussian_ppo": "GaussianPPOConfig",
     "sac": "SACConfig",
     "dsrl": "DSRLConfig",
+    "td3": "TD3Config",
 }
 
 

@@ -42,7 +42,9 @@ class TrainingError(EmbodiedError):
 
 
 @dataclass
-class SACConfig(TrainerConfig):
+class OffPolicyConfig(TrainerConfig):
+    """What every off-policy algorithm here shares (replay, critics, UTD, tripwires)."""
+
     num_envs: int = 16
     iterations: int = 200
     steps_per_iteration: int = 50
@@ -64,12 +66,6 @@ class SACConfig(TrainerConfig):
     """Vector env steps of uniform random actions before the first update."""
     actor_lr: float = 3.0e-4
     critic_lr: float = 3.0e-4
-    alpha_lr: float = 3.0e-4
-    init_alpha: float = 0.1
-    target_entropy: float | None = None
-    """None: -|A| (the action dim)."""
-    backup_entropy: bool = True
-    """Subtract alpha log pi(a'|s') in the target (WSRL turns it off)."""
     max_grad_norm: float | None = 10.0
     q_divergence: float = 10.0
     reward_scale: float = 1.0
@@ -88,8 +84,23 @@ class SACConfig(TrainerConfig):
                               f"{self.num_critics}")
         if not 0 < self.tau <= 1 or not 0 < self.gamma <= 1:
             raise ConfigError("need 0 < tau <= 1 and 0 < gamma <= 1")
-        if self.warmup_steps < 0 or self.init_alpha <= 0:
-            raise ConfigError("need warmup_steps >= 0 and init_alpha > 0")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+
+
+@dataclass
+class SACConfig(OffPolicyConfig):
+    alpha_lr: float = 3.0e-4
+    init_alpha: float = 0.1
+    target_entropy: float | None = None
+    """None: -|A| (the action dim)."""
+    backup_entropy: bool = True
+    """Subtract alpha log pi(a'|s') in the target (WSRL turns it off)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.init_alpha <= 0:
+            raise ConfigError(f"init_alpha must be > 0, got {self.init_alpha}")
 
 
 def build(base: Any, cfg: SACConfig, obs_dim: int, action_dim: int) -> tuple[ChunkPolicy, None]:
@@ -125,8 +136,32 @@ class _Uniform:
         return chunk, Chain(torch.stack([torch.zeros_like(a), a], 1), torch.zeros(n, 1))
 
 
+class _Explore:
+    """TD3's behaviour policy: the deterministic action plus N(0, std) noise, clipped."""
+
+    def __init__(self, policy: Any, std: float, generator: torch.Generator) -> None:
+        self.policy, self.std, self.generator = policy, std, generator
+        self.config, self.dtype = policy.config, policy.dtype
+
+    def reset(self, num_envs: int) -> None:
+        self.policy.reset(num_envs)
+
+    def end_episodes(self, ended: torch.Tensor) -> None:
+        self.policy.end_episodes(ended)
+
+    def sample(self, obs, generator=None, deterministic=False):
+        a = self.policy.squashed_mean(obs)
+        a = (a + self.std * torch.randn(a.shape, generator=self.generator)).clamp(-1.0, 1.0)
+        c = self.config
+        chunk = self.policy.to_env_actions(a.view(-1, c.horizon, c.action_dim))
+        return chunk, Chain(torch.stack([torch.zeros_like(a), a], 1),
+                            a.new_zeros(a.shape[0], 1))
+
+
 class SAC:
-    """The off-policy learner the Trainer drives (restart / iterate / state_dict)."""
+    """The off-policy learner the Trainer drives (restart / iterate / state_dict): SAC's
+    actor loss, or TD3's (config.actor == "td3": a deterministic actor, target policy
+    smoothing, exploration noise, no temperature)."""
 
     def __init__(self, policy: ChunkPolicy, task: str, config: SACConfig, run_dir: str | Path,
                  task_options: dict | None = None, bc_reference: Any = None) -> None:
@@ -155,13 +190,21 @@ class SAC:
         self.critic = EnsembleQ(policy.feature_dim, action_dim, config.num_critics,
                                 config.hidden)
         self.target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.log_alpha = nn.Parameter(torch.tensor(float(config.init_alpha)).log())
         self.action_dim = action_dim  # |A| of what the actor outputs (DSRL: the noise)
-        self.target_entropy = (-float(action_dim) if config.target_entropy is None
-                               else float(config.target_entropy))
+        self.td3 = getattr(config, "actor", "sac") == "td3"
+        if self.td3:
+            if self.decisions:
+                raise ConfigError("TD3 acts per env step (its actor outputs one action)")
+            self.target_policy = copy.deepcopy(policy).requires_grad_(False)
+            self.explore = _Explore(policy, config.explore_std, self.generator)
+            self.log_alpha = None  # no temperature: TD3 has no entropy term
+        else:
+            self.log_alpha = nn.Parameter(torch.tensor(float(config.init_alpha)).log())
+            self.target_entropy = (-float(action_dim) if config.target_entropy is None
+                                   else float(config.target_entropy))
+            self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
         self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
         self.env_steps = 0
         self.vector_steps = 0
         self.updates = 0
@@ -194,7 +237,8 @@ class SAC:
         taken = 0
         while taken < cfg.steps_per_iteration:  # vector env steps (a chunk is Ta of them)
             warm = self.vector_steps < cfg.warmup_steps
-            self.collector.policy = self.uniform if warm else self.policy
+            self.collector.policy = self.uniform if warm else (
+                self.explore if self.td3 else self.policy)
             with torch.no_grad():
                 decision = self.collector.decision(keep_steps=not self.decisions)
             executed = decision.chunk.shape[1]
@@ -225,11 +269,12 @@ class SAC:
         metrics = {**self.collector.stats.summary(),
                    "seconds_sim": self.collector.seconds["sim"],
                    "seconds_policy": self.collector.seconds["policy"],
-                   "seconds_update": update_seconds, "alpha": float(self.log_alpha.detach().exp()),
-                   "updates": self.updates}
-        if losses:
-            for key in losses[0]:
-                metrics[key] = sum(m[key] for m in losses) / len(losses)
+                   "seconds_update": update_seconds, "updates": self.updates}
+        if self.log_alpha is not None:
+            metrics["alpha"] = float(self.log_alpha.detach().exp())
+        for key in {k for m in losses for k in m}:  # actor terms: only on actor steps
+            values = [m[key] for m in losses if key in m]
+            metrics[key] = sum(values) / len(values)
         return metrics
 
     # --- the update -----------------------------------------------------------------------
@@ -239,14 +284,20 @@ class SAC:
         if self.decisions:  # rows hold whole histories: [B, 1, To, ...] -> [B, To, ...]
             batch.obs = {k: v[:, -1] for k, v in batch.obs.items()}
             batch.next_obs = {k: v[:, -1] for k, v in batch.next_obs.items()}
-        alpha = self.log_alpha.exp().detach()
+        alpha = None if self.td3 else self.log_alpha.exp().detach()
         with torch.no_grad():
             next_feats = self.policy.encode(batch.next_obs)
-            next_a, next_logp = self.policy.rsample_squashed(batch.next_obs, next_feats,
-                                                             self.generator)
+            if self.td3:  # target policy smoothing: clipped noise on the target action
+                next_a = self.target_policy.squashed_mean(batch.next_obs)
+                noise = (cfg.target_noise * torch.randn(next_a.shape, generator=self.generator)
+                         ).clamp(-cfg.target_noise_clip, cfg.target_noise_clip)
+                next_a = (next_a + noise).clamp(-1.0, 1.0)
+            else:
+                next_a, next_logp = self.policy.rsample_squashed(batch.next_obs, next_feats,
+                                                                 self.generator)
             next_q = redq_target(self.target(next_feats, self._env_action(next_a)),
                                  cfg.critic_subset, self.generator)
-            if cfg.backup_entropy:
+            if not self.td3 and cfg.backup_entropy:
                 next_q = next_q - alpha * next_logp
             target = batch.reward * cfg.reward_scale + batch.discount * next_q
             feats = self.policy.encode(batch.obs)
@@ -257,7 +308,8 @@ class SAC:
         # What |Q| can reach: rewards (at least one unit, so sparse tasks before their first
         # success and a fresh critic's outputs never trip it) plus, with the entropy backup,
         # alpha |log pi| (<= 5 per dim) per step, over the horizon 1 / (1 - gamma).
-        entropy = 5.0 * float(alpha) * self.action_dim if cfg.backup_entropy else 0.0
+        entropy = (5.0 * float(alpha) * self.action_dim
+                   if not self.td3 and cfg.backup_entropy else 0.0)
         bound = cfg.q_divergence * (max(self._max_abs_reward, 1.0) + entropy) / (
             1 - self.gamma + 1e-8)
         q_mean = float(q.detach().abs().mean())
@@ -271,7 +323,15 @@ class SAC:
         self.updates += 1
         out = {"critic_loss": float(critic_loss.detach()),
                "q_mean": float(q.detach().mean())}
-        if self.updates % cfg.actor_every == 0:
+        if self.updates % cfg.actor_every == 0 and self.td3:  # delayed deterministic actor
+            q_pi = self.critic(self.policy.encode(batch.obs).detach(),
+                               self._env_action(self.policy.squashed_mean(batch.obs))).mean(0)
+            actor_loss = -q_pi.mean()
+            self._check(actor_loss, "actor loss")
+            self._step(self.actor_opt, actor_loss, self.policy)
+            polyak_update(self.target_policy, self.policy, cfg.tau)
+            out.update(actor_loss=float(actor_loss.detach()))
+        elif self.updates % cfg.actor_every == 0:
             a, logp = self.policy.rsample_squashed(batch.obs, None, self.generator)
             q_pi = self.critic(self.policy.encode(batch.obs).detach(),
                                self._env_action(a)).mean(0)
@@ -319,11 +379,12 @@ class SAC:
             if not any(path.name in (*m["pieces"].values(), m["final"]) for m in keep):
                 path.unlink(missing_ok=True)
         self._manifests = keep
+        extra = ({"target_policy": self.target_policy.state_dict()} if self.td3 else
+                 {"log_alpha": self.log_alpha.detach(), "alpha_opt": self.alpha_opt.state_dict()})
         return {"policy": self.policy.state_dict(), "critic": self.critic.state_dict(),
-                "target": self.target.state_dict(), "log_alpha": self.log_alpha.detach(),
+                "target": self.target.state_dict(), **extra,
                 "actor_opt": self.actor_opt.state_dict(),
                 "critic_opt": self.critic_opt.state_dict(),
-                "alpha_opt": self.alpha_opt.state_dict(),
                 "generator": self.generator.get_state(), "replay": manifest,
                 "vector_steps": self.vector_steps, "updates": self.updates,
                 "debt": self._debt, "max_abs_reward": self._max_abs_reward}
@@ -332,11 +393,14 @@ class SAC:
         self.policy.load_state_dict(state["policy"])
         self.critic.load_state_dict(state["critic"])
         self.target.load_state_dict(state["target"])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
+        if self.td3:
+            self.target_policy.load_state_dict(state["target_policy"])
+        else:
+            with torch.no_grad():
+                self.log_alpha.copy_(state["log_alpha"])
+            self.alpha_opt.load_state_dict(state["alpha_opt"])
         self.actor_opt.load_state_dict(state["actor_opt"])
         self.critic_opt.load_state_dict(state["critic_opt"])
-        self.alpha_opt.load_state_dict(state["alpha_opt"])
         self.generator.set_state(state["generator"])
         self.replay.load(self.run_dir / "replay", state["replay"])
         self._manifests = [state["replay"]]

@@ -225,6 +225,13 @@ class ChunkPolicy(nn.Module):
         denoise_fn, noise_fn = self._fns(cond)
         return self.sampler.score_steps(denoise_fn, noise_fn, chain, first)
 
+    def squashed_mean(self, obs: Obs | torch.Tensor, cond: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """TD3: the deterministic action tanh(mean) [B, Tp*Da] in policy space, with grad."""
+        if not self.config.squash:
+            raise ConfigError("squashed_mean needs a gaussian policy with squash=True")
+        return torch.tanh(self.gaussian(self.encode(obs) if cond is None else cond)[0])
+
     def rsample_squashed(self, obs: Obs | torch.Tensor, cond: torch.Tensor | None = None,
                          generator: torch.Generator | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
