@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,35 +113,14 @@ def build(base: Any, cfg: SACConfig, obs_dim: int, action_dim: int) -> tuple[Chu
     return ChunkPolicy(config), None
 
 
-class _Uniform:
-    """Warm-up actions with the collector's policy interface: the actor's output drawn
-    uniformly in [-1, 1] (DSRL: the noise, which the frozen base turns into a chunk)."""
+class _Behaviour:
+    """A collection-time stand-in for the policy (the collector's policy interface):
+    `pick(obs)` gives the actor's output a in [-1, 1] (warm-up: uniform; TD3: the
+    deterministic action plus noise), the policy turns it into executed actions (DSRL: the
+    base's chunk from the noise), and a goes on in the chain for the replay."""
 
-    def __init__(self, policy: Any, action_dim: int, generator: torch.Generator) -> None:
-        self.policy, self.action_dim, self.generator = policy, action_dim, generator
-        self.config, self.dtype = policy.config, torch.float32
-
-    def reset(self, num_envs: int) -> None:
-        self.policy.reset(num_envs)
-
-    def end_episodes(self, ended: torch.Tensor) -> None:
-        self.policy.end_episodes(ended)
-
-    def sample(self, obs, generator=None, deterministic=False):
-        n = next(iter(obs.values())).shape[0]
-        a = torch.rand((n, self.action_dim), generator=self.generator) * 2 - 1
-        if hasattr(self.policy, "chunk_from"):  # DSRL
-            chunk = self.policy.chunk_from(obs, a)
-        else:
-            chunk = a[:, None]
-        return chunk, Chain(torch.stack([torch.zeros_like(a), a], 1), torch.zeros(n, 1))
-
-
-class _Explore:
-    """TD3's behaviour policy: the deterministic action plus N(0, std) noise, clipped."""
-
-    def __init__(self, policy: Any, std: float, generator: torch.Generator) -> None:
-        self.policy, self.std, self.generator = policy, std, generator
+    def __init__(self, policy: Any, pick: Callable[[Any], torch.Tensor]) -> None:
+        self.policy, self.pick = policy, pick
         self.config, self.dtype = policy.config, policy.dtype
 
     def reset(self, num_envs: int) -> None:
@@ -150,12 +130,13 @@ class _Explore:
         self.policy.end_episodes(ended)
 
     def sample(self, obs, generator=None, deterministic=False):
-        a = self.policy.squashed_mean(obs)
-        a = (a + self.std * torch.randn(a.shape, generator=self.generator)).clamp(-1.0, 1.0)
-        c = self.config
-        chunk = self.policy.to_env_actions(a.view(-1, c.horizon, c.action_dim))
-        return chunk, Chain(torch.stack([torch.zeros_like(a), a], 1),
-                            a.new_zeros(a.shape[0], 1))
+        a = self.pick(obs)
+        if hasattr(self.policy, "chunk_from"):  # DSRL
+            chunk = self.policy.chunk_from(obs, a)
+        else:
+            c = self.config
+            chunk = self.policy.to_env_actions(a.view(-1, c.horizon, c.action_dim))
+        return chunk, Chain(torch.stack([torch.zeros_like(a), a], 1), a.new_zeros(a.shape[0], 1))
 
 
 class SAC:
@@ -177,7 +158,8 @@ class SAC:
         # (DSRL: the action is the noise of a whole chunk, the reward the chunk's sum).
         self.decisions = getattr(config, "transitions", "step") == "decision"
         action_dim = (c.horizon * c.action_dim) if self.decisions else c.action_dim
-        self.uniform = _Uniform(policy, action_dim, self.generator)
+        self.uniform = _Behaviour(policy, lambda obs: torch.rand(
+            (next(iter(obs.values())).shape[0], action_dim), generator=self.generator) * 2 - 1)
         history = (c.n_obs_steps,) if self.decisions else ()  # decisions store histories
         spec = {"state": ((*history, c.obs_dim), torch.float32)}
         spec.update({f"rgb_{cam}": ((*history, c.image_size, c.image_size, 3), torch.uint8)
@@ -196,7 +178,10 @@ class SAC:
             if self.decisions:
                 raise ConfigError("TD3 acts per env step (its actor outputs one action)")
             self.target_policy = copy.deepcopy(policy).requires_grad_(False)
-            self.explore = _Explore(policy, config.explore_std, self.generator)
+            self.explore = _Behaviour(policy, lambda obs: (
+                policy.squashed_mean(obs) + config.explore_std * torch.randn(
+                    (next(iter(obs.values())).shape[0], action_dim), generator=self.generator)
+            ).clamp(-1.0, 1.0))
             self.log_alpha = None  # no temperature: TD3 has no entropy term
         else:
             self.log_alpha = nn.Parameter(torch.tensor(float(config.init_alpha)).log())
