@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from embodied.algos import make_finetune
-from embodied.algos.sac import TrainingError
+from embodied.algos.offpolicy import TrainingError
 from embodied.core.errors import ConfigError
 from embodied.policies.config import PolicyConfig
 from embodied.policies.policy import ChunkPolicy

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from embodied.algos.sac import SAC, SACConfig
+from embodied.algos.offpolicy import OffPolicyLearner
+from embodied.algos.sac import SACConfig
 from embodied.core.errors import ConfigError
 from embodied.policies.noise_space import NoisePolicy
 
@@ -31,4 +32,4 @@ def build(base: Any, cfg: DSRLConfig, obs_dim: int, action_dim: int) -> tuple[No
     return NoisePolicy(base, cfg.noise_bound, cfg.hidden), None
 
 
-LEARNER = SAC
+LEARNER = OffPolicyLearner

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from embodied.algos.sac import SAC, OffPolicyConfig
+from embodied.algos.offpolicy import OffPolicyConfig, OffPolicyLearner
 from embodied.algos.sac import build as _sac_actor
 from embodied.core.errors import ConfigError
 from embodied.policies.policy import ChunkPolicy
@@ -37,4 +37,4 @@ def build(base: Any, cfg: TD3Config, obs_dim: int, action_dim: int) -> tuple[Chu
     return _sac_actor(base, cfg, obs_dim, action_dim)
 
 
-LEARNER = SAC
+LEARNER = OffPolicyLearner
